@@ -1,0 +1,211 @@
+"""Keysight B1500A semiconductor parameter analyzer (FLEX command set) over VISA.
+
+Written from the B1500 programming guide's FLEX conventions: CR LF framing, several
+commands joined with ';' in one message, `ERRX?` for the error queue, data in `FMT 1`
+(3 header letters, 12-character number). Every source command is built by a method that
+checks the bench limits first, so nothing outside them can be sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import InstrumentError, PulseOutcomeUnknown, ReplyError
+from .interfaces import Measurement, SourceMeter
+from .limits import Limits
+from .visa import VisaInstrument
+
+SMU_MODELS = {"B1510A": "HPSMU", "B1511A": "MPSMU", "B1511B": "MPSMU", "B1514A": "MCSMU",
+              "B1517A": "HRSMU"}
+OTHER_MODELS = {"B1520A": "MFCMU", "B1525A": "SPGU", "B1530A": "WGFMU"}
+NO_ERROR = '+0,"No Error."'
+# SMU pulse timing limits of the B1511B/B1517A (programming guide, PT command)
+SMU_PULSE_MIN_WIDTH = 0.5e-3
+SMU_PULSE_MIN_PERIOD = 5e-3
+
+_FIELD = re.compile(r"^([A-Z])([A-J Z])([A-Za-z])([+-]\d{3}\.\d{3}E[+-]\d{2})$")
+_ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One FMT 1 data field."""
+
+    status: str   # N normal, C this channel in compliance, T another in compliance, V overflow...
+    channel: int  # slot 1..10 (0 for time or sweep-source fields)
+    kind: str     # I, V, T...
+    value: float
+
+    @property
+    def in_compliance(self) -> bool:
+        return self.status == "C"
+
+    @property
+    def valid(self) -> bool:
+        return self.status in ("N", "C", "T", "W", "E")
+
+
+def parse_fields(reply: str) -> list[Reading]:
+    fields = []
+    for text in reply.strip().split(","):
+        m = _FIELD.match(text.strip())
+        if not m:
+            raise ReplyError(f"B1500A: not an FMT 1 data field: {text!r} in {reply!r}")
+        status, chan, kind, number = m.groups()
+        channel = ord(chan) - ord("A") + 1 if chan in "ABCDEFGHIJ" else 0
+        fields.append(Reading(status, channel, kind, float(number)))
+    return fields
+
+
+def _num(x: float) -> str:
+    return f"{x:.7g}"
+
+
+class B1500A(VisaInstrument, SourceMeter):
+    read_termination = "\r\n"
+    write_termination = "\r\n"
+
+    def __init__(self, resource: str, *, limits: Limits, name: str = "B1500A", **visa):
+        super().__init__(resource, name=name, **visa)
+        self.limits = limits
+        self.identity = ""
+        self.modules: dict[int, str] = {}
+        self.enabled: set[int] = set()
+
+    def initialize(self) -> None:
+        """Identify the mainframe and its modules and select the FMT 1 data format."""
+        self.identity = self.query("*IDN?", retries=1).strip()
+        self.modules = self.read_modules()
+        self.send("FMT 1,0")
+
+    def read_modules(self) -> dict[int, str]:
+        reply = self.query("UNT?", retries=1)
+        slots = reply.strip().split(";")
+        if len(slots) != 10:
+            raise ReplyError(f"{self.name}: UNT? should list 10 slots, got {reply!r}")
+        modules = {}
+        for slot, entry in enumerate(slots, start=1):
+            model = entry.split(",")[0].strip()
+            if model != "0":
+                modules[slot] = model
+        return modules
+
+    def source_channels(self) -> list[int]:
+        return [s for s, m in sorted(self.modules.items()) if m in SMU_MODELS]
+
+    def require_smu(self, slot: int) -> None:
+        if self.modules.get(slot) not in SMU_MODELS:
+            found = ", ".join(f"{s}: {m}" for s, m in sorted(self.modules.items())) or "none"
+            raise ValueError(f"{self.name}: slot {slot} holds no SMU (modules: {found})")
+
+    def enable(self, channels: list[int]) -> None:
+        for slot in channels:
+            self.require_smu(slot)
+        self.send("CN " + ",".join(str(s) for s in channels))
+        self.enabled.update(channels)
+
+    def disable(self, channels: list[int]) -> None:
+        self.send("CL " + ",".join(str(s) for s in channels))
+        self.enabled.difference_update(channels)
+
+    # --- checked command builders -----------------------------------------------------------
+
+    def dv_command(self, slot: int, volts: float, compliance: float | None = None) -> str:
+        compliance = self.limits.compliance_current if compliance is None else compliance
+        where = f"{self.name} SMU {slot}: "
+        self.limits.check_line_voltage(volts, where)
+        self.limits.check_compliance(compliance, where)
+        return f"DV {slot},0,{_num(volts)},{_num(compliance)}"
+
+    def pulse_commands(self, slot: int, base: float, peak: float, width: float, *,
+                       hold: float = 0.0, period: float | None = None,
+                       compliance: float | None = None) -> list[str]:
+        compliance = self.limits.compliance_current if compliance is None else compliance
+        where = f"{self.name} SMU {slot}: "
+        self.limits.check_line_voltage(base, where)
+        self.limits.check_pulse(peak, width, compliance, where)
+        if width < SMU_PULSE_MIN_WIDTH:
+            raise ValueError(f"{where}SMU pulses are at least {SMU_PULSE_MIN_WIDTH * 1e3} ms wide "
+                             f"(asked {width:.3g} s); use an SPGU or WGFMU for shorter pulses")
+        period = max(SMU_PULSE_MIN_PERIOD, width + 2e-3) if period is None else period
+        return [f"PT {_num(hold)},{_num(width)},{_num(period)}",
+                f"PV {slot},0,{_num(base)},{_num(peak)},{_num(compliance)}",
+                f"MM 3,{slot}"]
+
+    # --- SourceMeter ------------------------------------------------------------------------
+
+    def set_voltages(self, levels: Mapping[int, float]) -> None:
+        self.send(*(self.dv_command(slot, v) for slot, v in levels.items()))
+
+    def measure_current(self, channel: int, *, levels: Mapping[int, float] | None = None) -> Measurement:
+        commands = [self.dv_command(slot, v) for slot, v in (levels or {}).items()]
+        field = self.measure(";".join([*commands, f"TI {channel},0"]))[0]
+        return Measurement(field.value, field.in_compliance)
+
+    def pulse(self, channel: int, base: float, peak: float, width: float) -> Measurement:
+        self.send(*self.pulse_commands(channel, base, peak, width))
+        field = self.trigger_pulse()
+        return Measurement(field.value, field.in_compliance)
+
+    # --- messaging ------------------------------------------------------------------------
+
+    def send(self, *commands: str) -> None:
+        """Send commands in one message and check the error queue in the same round trip."""
+        message = ";".join([*commands, "ERRX?"])
+        self._check(self.query(message), message)
+
+    def check_errors(self) -> None:
+        self._check(self.query("ERRX?", retries=1), "")
+
+    def _check(self, reply: str, message: str) -> None:
+        reply = reply.strip()
+        if reply == NO_ERROR:
+            return
+        m = _ERROR.match(reply)
+        if not m:
+            raise ReplyError(f"{self.name}: unexpected reply {reply!r} to ERRX? (after {message!r})")
+        code, text = int(m.group(1)), m.group(2)
+        if code != 0:
+            self._clear_error_queue()
+            raise InstrumentError(self.name, code, text, message)
+
+    def _clear_error_queue(self, limit: int = 40) -> None:
+        for _ in range(limit):
+            if self.query("ERRX?", retries=1).strip() == NO_ERROR:
+                return
+
+    def measure(self, message: str) -> list[Reading]:
+        """A measurement query. On silence the error queue says why; if it is empty the
+        query is repeated once (a spot measurement is safe to repeat)."""
+        for attempt in range(2):
+            try:
+                return parse_fields(self.query(message))
+            except TimeoutError:
+                self.check_errors()
+                if attempt:
+                    raise
+
+    def trigger_pulse(self) -> Reading:
+        """XE for a pulsed-spot measurement set up beforehand. Sent exactly once."""
+        self.drain()
+        self.write("XE")
+        self._awaiting_reply = True
+        try:
+            reply = self.read()
+        except (TimeoutError, ReplyError) as exc:
+            raise PulseOutcomeUnknown(f"{self.name}: no valid reply to XE; the pulse may or may "
+                                      f"not have been applied ({exc})") from exc
+        return parse_fields(reply)[0]
+
+    def safe_state(self) -> None:
+        """All SMU outputs to 0 V, then every channel disabled (CL also zeroes them)."""
+        self.drain()
+        try:
+            if self.enabled:
+                self.send(*(f"DV {slot},0,0" for slot in sorted(self.enabled)))
+        finally:
+            self.write("CL")
+            self.enabled.clear()
+            self.check_errors()

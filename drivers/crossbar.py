@@ -1,0 +1,137 @@
+"""The crossbar access layer over instruments: "read device (r, c)" and "pulse (r, c) with
+the V/3 scheme" become switch-matrix routes and source commands.
+
+Four source channels play four bias roles, each cabled to one switch input:
+`drive` (selected row), `sense` (selected column, held at 0 V, measures), `row_third`
+(unselected rows) and `col_two_thirds` (unselected columns). Every line is always connected
+to the source of its role, so moving to the next device in the same row changes only the
+relays of the two columns involved. Relays only move while every source is at 0 V.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .interfaces import Crossbar, Pulse, Read, Scheme, SourceMeter, SwitchMatrix
+from .limits import Limits
+
+ROLES = ("drive", "sense", "row_third", "col_two_thirds")
+
+
+class RoleWiring(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: int = Field(description="source channel (B1500 slot) playing this role")
+    switch_input: int = Field(ge=1, description="switch-matrix input port its cable goes to")
+
+
+class Wiring(BaseModel):
+    """Switch output port of every row and column line, and the bias roles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[int] = Field(min_length=1)
+    columns: list[int] = Field(min_length=1)
+    drive: RoleWiring
+    sense: RoleWiring
+    row_third: RoleWiring
+    col_two_thirds: RoleWiring
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Wiring":
+        seen: dict[int, str] = {}
+        for kind, ports in (("rows", self.rows), ("columns", self.columns)):
+            for i, port in enumerate(ports):
+                here = f"{kind}[{i}]"
+                if port in seen:
+                    raise ValueError(f"{here}: switch port {port} is already used by {seen[port]}")
+                seen[port] = here
+        for attr in ("channel", "switch_input"):
+            used: dict[int, str] = {}
+            for role in ROLES:
+                value = getattr(getattr(self, role), attr)
+                if value in used:
+                    raise ValueError(f"{role}.{attr}: {value} is already used by {used[value]}")
+                used[value] = role
+        return self
+
+    def role(self, name: str) -> RoleWiring:
+        return getattr(self, name)
+
+
+class InstrumentCrossbar(Crossbar):
+    def __init__(self, source: SourceMeter, switch: SwitchMatrix, wiring: Wiring, limits: Limits,
+                 *, read_voltage: float = 0.2):
+        super().__init__()
+        self.source, self.switch, self.wiring, self.limits = source, switch, wiring, limits
+        self.rows, self.cols = len(wiring.rows), len(wiring.columns)
+        limits.check_device_voltage(read_voltage, "read voltage: ")
+        self.read_voltage = read_voltage
+        self._ch = {role: wiring.role(role).channel for role in ROLES}
+        self._in = {role: wiring.role(role).switch_input for role in ROLES}
+
+    def connect(self) -> "InstrumentCrossbar":
+        """Initialize both instruments and leave every role channel enabled at 0 V, relays open."""
+        self.source.initialize()
+        self.switch.initialize()
+        missing = [f"{role} (channel {ch})" for role, ch in self._ch.items()
+                   if ch not in self.source.source_channels()]
+        if missing:
+            raise ValueError(f"{self.source.name} has no source channel for: {', '.join(missing)}")
+        self.switch.open_all()
+        channels = list(self._ch.values())
+        self.source.enable(channels)
+        self.source.set_voltages({ch: 0.0 for ch in channels})
+        return self
+
+    def _route(self, row: int, col: int) -> None:
+        w, inp = self.wiring, self._in
+        wanted = {(inp["drive"] if r == row else inp["row_third"], port) for r, port in enumerate(w.rows)}
+        wanted |= {(inp["sense"] if c == col else inp["col_two_thirds"], port)
+                   for c, port in enumerate(w.columns)}
+        stale = set(self.switch.closed) - wanted
+        self.switch.disconnect(stale)  # break before make
+        self.switch.connect(wanted)
+
+    def _read(self, row: int, col: int) -> Read:
+        self._route(row, col)
+        ch, v = self._ch, self.read_voltage
+        try:
+            m = self.source.measure_current(ch["sense"], levels={ch["drive"]: v})
+        finally:
+            self.source.set_voltages({ch["drive"]: 0.0})
+        current = -m.value  # the sense SMU sinks the device current
+        return Read(row, col, v, current, current / v)
+
+    def _pulse(self, row: int, col: int, voltage: float, width: float, scheme: Scheme) -> Pulse:
+        self.limits.check_device_voltage(voltage, f"pulse on ({row}, {col}): ")
+        ch = self._ch
+        if scheme is Scheme.V3:
+            row_bias, col_bias = voltage / 3, 2 * voltage / 3
+        else:
+            row_bias = col_bias = voltage / 2
+        self._route(row, col)
+        # Rows first, then columns: no device ever sees more than the half-select stress
+        # while the biases come up (and in reverse while they go down).
+        up = {ch["row_third"]: row_bias, ch["drive"]: row_bias, ch["col_two_thirds"]: col_bias}
+        down = {ch["col_two_thirds"]: 0.0, ch["drive"]: 0.0, ch["row_third"]: 0.0}
+        self.source.set_voltages(up)
+        try:
+            m = self.source.pulse(ch["drive"], row_bias, voltage, width)
+        finally:
+            self.source.set_voltages(down)
+        return Pulse(row, col, voltage, width, str(scheme), m.value, m.compliance)
+
+    def safe_state(self) -> None:
+        """Sources to 0 V and off, then every relay open; both are attempted whatever fails."""
+        try:
+            self.source.safe_state()
+        finally:
+            self.switch.safe_state()
+
+    def close(self) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.source.close()
+            self.switch.close()

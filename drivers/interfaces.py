@@ -1,0 +1,167 @@
+"""The abstract interfaces: instruments by role, and the one crossbar interface that
+protocols and trainers use, whatever the backend (instruments over VISA, or the direct
+simulator)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .write_verify import TuneParams, TuneResult
+
+
+class SourceMeter(ABC):
+    """A parameter analyzer's source-measure channels, addressed by channel number."""
+
+    name: str
+
+    @abstractmethod
+    def initialize(self) -> None: ...
+
+    @abstractmethod
+    def source_channels(self) -> list[int]: ...
+
+    @abstractmethod
+    def enable(self, channels: list[int]) -> None: ...
+
+    @abstractmethod
+    def set_voltages(self, levels: Mapping[int, float]) -> None:
+        """Set DC levels, applied in the mapping's order, in one transaction where possible."""
+
+    @abstractmethod
+    def measure_current(self, channel: int, *, levels: Mapping[int, float] | None = None) -> "Measurement":
+        """Current out of `channel` into the DUT, after first applying `levels` (if given)."""
+
+    @abstractmethod
+    def pulse(self, channel: int, base: float, peak: float, width: float) -> "Measurement":
+        """One voltage pulse on `channel` from `base` to `peak`; current at its top. Never
+        retried: raises PulseOutcomeUnknown if completion is not confirmed."""
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Every output to 0 V, then disabled."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SwitchMatrix(ABC):
+    name: str
+
+    @abstractmethod
+    def initialize(self) -> None: ...
+
+    @abstractmethod
+    def connect(self, routes: Iterable[tuple[int, int]]) -> None: ...
+
+    @abstractmethod
+    def disconnect(self, routes: Iterable[tuple[int, int]]) -> None: ...
+
+    @abstractmethod
+    def open_all(self) -> None: ...
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Every relay open."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Measurement:
+    value: float
+    compliance: bool = False
+
+
+class Scheme(StrEnum):
+    V3 = "v3"  # unselected rows at V/3, unselected columns at 2V/3
+    V2 = "v2"  # every unselected line at V/2
+
+
+@dataclass(frozen=True)
+class Read:
+    row: int
+    col: int
+    voltage: float
+    current: float
+    conductance: float
+
+
+@dataclass(frozen=True)
+class Pulse:
+    row: int
+    col: int
+    voltage: float
+    width: float
+    scheme: str
+    current: float
+    compliance: bool
+
+
+Recorder = Callable[[str, dict], None]
+
+
+class Crossbar(ABC):
+    """A crossbar seen by protocols and trainers: read, pulse with a bias scheme, tune."""
+
+    rows: int
+    cols: int
+    read_voltage: float
+
+    def __init__(self) -> None:
+        self.recorders: list[Recorder] = []
+
+    @abstractmethod
+    def _read(self, row: int, col: int) -> Read: ...
+
+    @abstractmethod
+    def _pulse(self, row: int, col: int, voltage: float, width: float, scheme: Scheme) -> Pulse: ...
+
+    @abstractmethod
+    def safe_state(self) -> None: ...
+
+    def close(self) -> None:
+        self.safe_state()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, row: int, col: int) -> Read:
+        self._check_device(row, col)
+        result = self._read(row, col)
+        self._record("read", asdict(result))
+        return result
+
+    def pulse(self, row: int, col: int, voltage: float, width: float,
+              scheme: Scheme | str = Scheme.V3) -> Pulse:
+        self._check_device(row, col)
+        result = self._pulse(row, col, voltage, width, Scheme(scheme))
+        self._record("pulse", asdict(result))
+        return result
+
+    def read_all(self) -> np.ndarray:
+        """Conductance map (S), read row by row."""
+        return np.array([[self.read(r, c).conductance for c in range(self.cols)] for r in range(self.rows)])
+
+    def tune(self, row: int, col: int, target: float, params: "TuneParams | None" = None) -> "TuneResult":
+        from .write_verify import TuneParams, tune
+
+        return tune(self, row, col, target, params or TuneParams())
+
+    def _check_device(self, row: int, col: int) -> None:
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise IndexError(f"device ({row}, {col}) is outside the {self.rows}x{self.cols} crossbar")
+
+    def _record(self, op: str, fields: dict) -> None:
+        for recorder in self.recorders:
+            recorder(op, fields)

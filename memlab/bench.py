@@ -1,0 +1,125 @@
+"""From a bench file to a working crossbar, and from a bench file to its emulation.
+
+`open_crossbar` is the one way to reach a bench: it connects the instruments, and whatever
+happens afterwards (normal end, exception, Ctrl-C, SIGTERM) it leaves every source at 0 V
+and disabled and every relay open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+from drivers.b1500a import B1500A
+from drivers.crossbar import InstrumentCrossbar
+from drivers.e5250a import E5250A
+from simulator.bench import CableToSwitch, EmulatedInstrument, SimBenchSpec, SimulatedBench
+
+from .config import BenchConfig, BenchFileError
+
+DRIVERS = {"keysight_b1500a": B1500A, "keysight_e5250a": E5250A}
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM, so that every
+    `finally` (and with it the safe state) runs."""
+
+
+def raise_on_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("SIGTERM")
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the bench is being made safe; re-deliver them after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        for s in pending:
+            signal.raise_signal(s)
+
+
+def _open_instrument(config: BenchConfig, name: str, **kwargs):
+    inst = config.instruments[name]
+    return DRIVERS[inst.type](inst.resource, name=name, timeout_s=inst.timeout_s,
+                              visa_library=inst.visa_library, **kwargs)
+
+
+@contextlib.contextmanager
+def open_crossbar(config: BenchConfig) -> Iterator[InstrumentCrossbar]:
+    """Connect the bench's instruments and yield its crossbar; always ends in the safe state."""
+    opened = []
+    try:
+        source = _open_instrument(config, config.crossbar.source, limits=config.limits)
+        opened.append(source)
+        switch = _open_instrument(config, config.crossbar.switch)
+        opened.append(switch)
+        xbar = InstrumentCrossbar(source, switch, config.wiring, config.limits,
+                                  read_voltage=config.crossbar.read_voltage)
+        xbar.connect()
+        yield xbar
+    except BaseException:
+        _make_safe(opened)  # the original exception matters more than a failed confirmation
+        raise
+    else:
+        problems = _make_safe(opened)
+        if problems:
+            raise RuntimeError("could not confirm the safe state: " + "; ".join(problems))
+
+
+def _make_safe(instruments) -> list[str]:
+    """Sources first (in bench order), then switches; every instrument is tried."""
+    problems = []
+    with signals_deferred():
+        for inst in instruments:
+            try:
+                inst.safe_state()
+            except Exception as exc:
+                problems.append(f"{inst.name}: {exc}")
+            finally:
+                inst.close()
+    return problems
+
+
+def simulation_spec(config: BenchConfig) -> SimBenchSpec:
+    if config.simulation is None:
+        raise BenchFileError(f"bench {config.name!r} has no `simulation` section: nothing to emulate")
+    instruments = []
+    for name, inst in config.instruments.items():
+        where = inst.socket_port()
+        if where is None or where[0] not in ("127.0.0.1", "localhost"):
+            raise BenchFileError(f"instruments.{name}.resource: an emulated instrument is served on "
+                                 f"TCPIP::127.0.0.1::PORT::SOCKET, not {inst.resource!r}")
+        instruments.append(EmulatedInstrument(name=name, type=inst.type, port=where[1],
+                                              options=inst.options))
+    w = config.wiring
+    cables = [CableToSwitch(instrument=config.crossbar.source, channel=w.role(role).channel,
+                            input=w.role(role).switch_input)
+              for role in ("drive", "sense", "row_third", "col_two_thirds")]
+    sim = config.simulation
+    return SimBenchSpec(rows=config.rows, cols=config.cols, preset=sim.preset, seed=sim.seed,
+                        instruments=instruments, switch=config.crossbar.switch,
+                        row_ports=w.rows, col_ports=w.columns, cables=cables, timing=sim.timing)
+
+
+def emulate(config: BenchConfig, *, log_dir=None) -> tuple[SimulatedBench, BenchConfig]:
+    """Start the emulated instruments of a simulated bench; returns the running bench and
+    the bench configuration pointing at its actual resources."""
+    bench = SimulatedBench(simulation_spec(config), log_dir=log_dir).start()
+    return bench, config.with_resources(bench.resources)

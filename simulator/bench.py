@@ -1,0 +1,272 @@
+"""An emulated bench: a simulated crossbar wired to emulated instruments.
+
+The wiring is physical: each source channel's cable goes to a switch-matrix input port,
+each crossbar line to a switch output port. Whenever a source output or a relay changes,
+the bench works out which line is held at which potential (lines reached by no energized
+source float), and virtual time passing at those potentials stresses the devices. A
+measurement returns the current a source channel pushes into the lines it drives.
+
+The instruments see nothing of this: they only speak their wire protocol (see
+`b1500a.py`, `e5250a.py`) on loopback sockets (`server.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .b1500a import B1500ACore
+from .crossbar import CrossbarArray
+from .device import load_preset
+from .e5250a import E5250ACore
+from .server import InstrumentServer
+
+InstrumentType = Literal["keysight_b1500a", "keysight_e5250a"]
+
+
+class EmulatedInstrument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: InstrumentType
+    port: int = Field(0, ge=0, le=65535, description="TCP port on 127.0.0.1; 0 picks a free one")
+    options: dict = {}
+
+
+class CableToSwitch(BaseModel):
+    """A source channel's cable to a switch-matrix input port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instrument: str
+    channel: int
+    input: int
+
+
+class Timing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_s: float = Field(2e-4, ge=0, description="instrument time per message")
+    settle_s: float = Field(1e-4, ge=0, description="source settling after a DC change")
+    relay_settle_s: float = Field(3e-3, ge=0, description="switch relay operate and settle time")
+
+
+class SimBenchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(ge=1)
+    cols: int = Field(ge=1)
+    preset: str = "tio2-passive"
+    seed: int = 0
+    instruments: list[EmulatedInstrument]
+    switch: str
+    row_ports: list[int]
+    col_ports: list[int]
+    cables: list[CableToSwitch]
+    timing: Timing = Timing()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SimBenchSpec":
+        names = {i.name for i in self.instruments}
+        if self.switch not in names:
+            raise ValueError(f"switch {self.switch!r} is not among the instruments")
+        if len(self.row_ports) != self.rows or len(self.col_ports) != self.cols:
+            raise ValueError("one switch output port per row and per column is needed")
+        return self
+
+
+class SimulatedBench:
+    """The physical bench shared by the emulated instruments (thread-safe)."""
+
+    def __init__(self, spec: SimBenchSpec, log_dir: str | Path | None = None):
+        self.spec = spec
+        self.array = CrossbarArray(spec.rows, spec.cols, load_preset(spec.preset), seed=spec.seed)
+        self.lock = threading.RLock()
+        self.clock = 0.0
+        self.hazards: list[str] = []
+        self._outputs: dict[tuple[str, int], tuple[float, float] | None] = {}
+        self._closed: frozenset[tuple[int, int]] = frozenset()
+        self._input_source = {c.input: (c.instrument, c.channel) for c in spec.cables}
+        self._line_of_port = {p: ("row", i) for i, p in enumerate(spec.row_ports)}
+        self._line_of_port.update({p: ("col", j) for j, p in enumerate(spec.col_ports)})
+        self._recompute()
+
+        self.cores: dict[str, object] = {}
+        self.servers: dict[str, InstrumentServer] = {}
+        log_dir = Path(log_dir) if log_dir else None
+        for inst in spec.instruments:
+            core = self._make_core(inst)
+            self.cores[inst.name] = core
+            self.servers[inst.name] = InstrumentServer(
+                core, inst.name, port=inst.port, lock=self.lock, clock=lambda: self.clock,
+                log_path=(log_dir / f"{inst.name}.log") if log_dir else None)
+
+    def _make_core(self, inst: EmulatedInstrument):
+        t = self.spec.timing
+        if inst.type == "keysight_b1500a":
+            modules = {int(k): v for k, v in inst.options.get("modules", {}).items()} or None
+            return B1500ACore(_SourceHardware(self, inst.name), modules=modules,
+                              transaction_s=t.transaction_s, settle_s=t.settle_s)
+        if inst.type == "keysight_e5250a":
+            return E5250ACore(cards=int(inst.options.get("cards", 2)), on_change=self._on_relays)
+        raise ValueError(f"no emulator for instrument type {inst.type!r}")
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> "SimulatedBench":
+        started = []
+        try:
+            for server in self.servers.values():
+                server.start()
+                started.append(server)
+        except Exception:
+            for server in started:
+                server.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def __enter__(self) -> "SimulatedBench":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def resources(self) -> dict[str, str]:
+        return {name: server.resource for name, server in self.servers.items()}
+
+    # --- ground truth, for tests and reports ---------------------------------------------
+
+    def conductances(self) -> torch.Tensor:
+        with self.lock:
+            return self.array.g.clone()
+
+    def source_outputs(self) -> dict[tuple[str, int], tuple[float, float] | None]:
+        with self.lock:
+            return dict(self._outputs)
+
+    def closed_relays(self) -> frozenset[tuple[int, int]]:
+        with self.lock:
+            return self._closed
+
+    def line_potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.lock:
+            return self._v_rows.clone(), self._v_cols.clone()
+
+    # --- physics --------------------------------------------------------------------------
+
+    def _on_relays(self, closed: frozenset[tuple[int, int]]) -> None:
+        with self.lock:
+            self._closed = frozenset(closed)
+            self._recompute()
+            self.advance(self.spec.timing.relay_settle_s)
+
+    def _set_outputs(self, instrument: str, outputs: dict[int, tuple[float, float] | None]) -> None:
+        with self.lock:
+            for slot, out in outputs.items():
+                self._outputs[(instrument, slot)] = out
+            self._recompute()
+
+    def _recompute(self) -> None:
+        """Line potentials from the present relays and source outputs (NaN = floating)."""
+        nan = math.nan
+        v_rows = [nan] * self.spec.rows
+        v_cols = [nan] * self.spec.cols
+        by_port: dict[int, list[int]] = {}
+        for inp, out in self._closed:
+            by_port.setdefault(out, []).append(inp)
+        for port, inputs in by_port.items():
+            line = self._line_of_port.get(port)
+            if line is None:
+                continue
+            if len(inputs) > 1:
+                self._hazard(f"inputs {sorted(inputs)} connected together on output port {port}")
+            levels = set()
+            for inp in inputs:
+                out = self._outputs.get(self._input_source.get(inp, ("", -1)))
+                if out is not None:
+                    levels.add(out[0])
+            if len(levels) > 1:
+                self._hazard(f"sources at {sorted(levels)} V shorted through output port {port}")
+            if levels:
+                kind, idx = line
+                (v_rows if kind == "row" else v_cols)[idx] = max(levels, key=abs)
+        dtype = self.array.g.dtype
+        self._drive = (torch.tensor(v_rows, dtype=dtype), torch.tensor(v_cols, dtype=dtype))
+        self._floating = any(math.isnan(v) for v in v_rows + v_cols)
+        self._v_rows, self._v_cols = self.array.solve_lines(*self._drive)
+        self._driven = {}
+        for port, inputs in by_port.items():
+            line = self._line_of_port.get(port)
+            for inp in inputs:
+                src = self._input_source.get(inp)
+                if line is not None and src is not None and self._outputs.get(src) is not None:
+                    self._driven.setdefault(src, []).append(line)
+
+    def _hazard(self, text: str) -> None:
+        if not self.hazards or self.hazards[-1] != text:
+            self.hazards.append(text)
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            if seconds <= 0:
+                return
+            self.array.stress(self.array.device_voltages(self._v_rows, self._v_cols), seconds)
+            self.clock += seconds
+            if self._floating:  # floating lines follow the devices' new conductances
+                self._v_rows, self._v_cols = self.array.solve_lines(*self._drive)
+
+    def source_current(self, instrument: str, slot: int) -> float:
+        """Current flowing out of a source channel into the lines it drives, with read noise."""
+        with self.lock:
+            lines = self._driven.get((instrument, slot), [])
+            if not lines:
+                return 0.0
+            g = self.array.sample_conductance()
+            i_rows, i_cols = self.array.line_currents(g, self._v_rows, self._v_cols)
+            return float(sum(i_rows[i] if kind == "row" else i_cols[i] for kind, i in lines))
+
+
+class _SourceHardware:
+    """What one emulated source instrument's channels are connected to."""
+
+    def __init__(self, bench: SimulatedBench, instrument: str):
+        self.bench, self.instrument = bench, instrument
+
+    def apply(self, outputs: dict[int, tuple[float, float] | None]) -> None:
+        self.bench._set_outputs(self.instrument, outputs)
+
+    def advance(self, seconds: float) -> None:
+        self.bench.advance(seconds)
+
+    def measure_current(self, slot: int, integration_s: float) -> float:
+        with self.bench.lock:
+            self.bench.advance(integration_s)
+            return self.bench.source_current(self.instrument, slot)
+
+    def measure_voltage(self, slot: int, integration_s: float) -> float:
+        with self.bench.lock:
+            self.bench.advance(integration_s)
+            out = self.bench._outputs.get((self.instrument, slot))
+            return 0.0 if out is None else out[0]
+
+    def pulse(self, slot: int, base: float, peak: float, width: float, hold: float,
+              compliance: float) -> float:
+        bench = self.bench
+        with bench.lock:
+            bench._set_outputs(self.instrument, {slot: (base, compliance)})
+            bench.advance(hold)
+            bench._set_outputs(self.instrument, {slot: (peak, compliance)})
+            bench.advance(width)
+            current = bench.source_current(self.instrument, slot)
+            bench._set_outputs(self.instrument, {slot: (base, compliance)})
+            return current
