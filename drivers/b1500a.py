@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import InstrumentError, PulseOutcomeUnknown, ReplyError
+from .errors import InstrumentError, LimitError, PulseOutcomeUnknown, ReplyError
 from .interfaces import Measurement, SourceMeter
 from .limits import Limits
 from .visa import VisaInstrument
@@ -27,6 +27,7 @@ SMU_PULSE_MIN_PERIOD = 5e-3
 
 _FIELD = re.compile(r"^([A-Z])([A-J Z])([A-Za-z])([+-]\d{3}\.\d{3}E[+-]\d{2})$")
 _ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
+_COMMAND = re.compile(r"^\s*(DV|DI|PV|PT)(?![A-Z?])\s*(.*)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ class B1500A(VisaInstrument, SourceMeter):
         field = self.measure(";".join([*commands, f"TI {channel},0"]))[0]
         return Measurement(field.value, field.in_compliance)
 
+    def check_pulse(self, channel: int, base: float, peak: float, width: float) -> None:
+        self.pulse_commands(channel, base, peak, width)
+
     def pulse(self, channel: int, base: float, peak: float, width: float) -> Measurement:
         self.send(*self.pulse_commands(channel, base, peak, width))
         field = self.trigger_pulse()
@@ -151,10 +155,57 @@ class B1500A(VisaInstrument, SourceMeter):
 
     # --- messaging ------------------------------------------------------------------------
 
+    def write(self, message: str) -> None:
+        """Every message passes the limit guard, whoever built it."""
+        self._guard(message)
+        super().write(message)
+
+    def _guard(self, message: str) -> None:
+        """The last check before the wire: source levels, compliances and pulse widths in
+        any DV, DI, PV or PT command must be within the bench limits."""
+        width = None
+        peak = compliance = None
+        for command in message.split(";"):
+            m = _COMMAND.match(command)
+            if not m:
+                continue
+            name, args = m.group(1).upper(), [a.strip() for a in m.group(2).split(",")] if m.group(2) else []
+            where = f"{self.name}: {command.strip()!r}: "
+            try:
+                values = [float(a) for a in args]
+            except ValueError:
+                raise LimitError(f"{where}cannot check non-numeric arguments") from None
+            if name == "DI":
+                raise LimitError(f"{where}current forcing is not covered by the bench limits")
+            if name == "DV" and len(values) >= 3:
+                self.limits.check_line_voltage(values[2], where)
+                if len(values) >= 4:
+                    self.limits.check_compliance(values[3], where)
+            elif name == "PV" and len(values) >= 4:
+                self.limits.check_line_voltage(values[2], where)
+                self.limits.check_line_voltage(values[3], where)
+                peak = values[3]
+                compliance = values[4] if len(values) >= 5 else self.limits.compliance_current
+                self.limits.check_compliance(compliance, where)
+            elif name == "PT" and len(values) >= 2:
+                width = values[1]
+                if not 0 < width <= self.limits.max_pulse_width:
+                    raise LimitError(f"{where}pulse width {width:.4g} s outside (0, "
+                                     f"{self.limits.max_pulse_width}] s")
+        if width is not None and peak is not None:
+            self.limits.check_pulse(peak, width, compliance, f"{self.name}: ")
+
     def send(self, *commands: str) -> None:
         """Send commands in one message and check the error queue in the same round trip."""
         message = ";".join([*commands, "ERRX?"])
-        self._check(self.query(message), message)
+        try:
+            reply = self.query(message)
+        except TimeoutError:
+            # A failing command may stop the rest of its message, ERRX? included (the
+            # emulator does so): ask the error queue on its own before giving up.
+            self._check(self.query("ERRX?"), message)
+            raise
+        self._check(reply, message)
 
     def check_errors(self) -> None:
         self._check(self.query("ERRX?", retries=1), "")
@@ -190,8 +241,8 @@ class B1500A(VisaInstrument, SourceMeter):
     def trigger_pulse(self) -> Reading:
         """XE for a pulsed-spot measurement set up beforehand. Sent exactly once."""
         self.drain()
+        self._awaiting_reply = True  # before sending: an interrupt may land as soon as it is sent
         self.write("XE")
-        self._awaiting_reply = True
         try:
             reply = self.read()
         except (TimeoutError, ReplyError) as exc:
@@ -201,10 +252,15 @@ class B1500A(VisaInstrument, SourceMeter):
 
     def safe_state(self) -> None:
         """All SMU outputs to 0 V, then every channel disabled (CL also zeroes them)."""
+        self.make_safe(self._safe_state)
+
+    def _safe_state(self) -> None:
         self.drain()
         try:
             if self.enabled:
                 self.send(*(f"DV {slot},0,0" for slot in sorted(self.enabled)))
+        except InstrumentError:
+            pass  # e.g. a channel the instrument had already switched off; CL zeroes them all
         finally:
             self.write("CL")
             self.enabled.clear()

@@ -10,6 +10,8 @@ relays of the two columns involved. Relays only move while every source is at 0 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .interfaces import Crossbar, Pulse, Read, Scheme, SourceMeter, SwitchMatrix
@@ -30,8 +32,8 @@ class Wiring(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rows: list[int] = Field(min_length=1)
-    columns: list[int] = Field(min_length=1)
+    rows: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    columns: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
     drive: RoleWiring
     sense: RoleWiring
     row_third: RoleWiring
@@ -69,6 +71,7 @@ class InstrumentCrossbar(Crossbar):
         self.read_voltage = read_voltage
         self._ch = {role: wiring.role(role).channel for role in ROLES}
         self._in = {role: wiring.role(role).switch_input for role in ROLES}
+        self._levels_unknown = False  # set when returning a source to 0 V may have failed
 
     def connect(self) -> "InstrumentCrossbar":
         """Initialize both instruments and leave every role channel enabled at 0 V, relays open."""
@@ -78,6 +81,9 @@ class InstrumentCrossbar(Crossbar):
                    if ch not in self.source.source_channels()]
         if missing:
             raise ValueError(f"{self.source.name} has no source channel for: {', '.join(missing)}")
+        # A previous session may have died energized (SIGKILL, power cut): sources off
+        # first, then relays, before anything is switched on.
+        self.source.safe_state()
         self.switch.open_all()
         channels = list(self._ch.values())
         self.source.enable(channels)
@@ -85,6 +91,9 @@ class InstrumentCrossbar(Crossbar):
         return self
 
     def _route(self, row: int, col: int) -> None:
+        if self._levels_unknown:  # never move relays under a level that may still be on
+            self.source.set_voltages({ch: 0.0 for ch in self._ch.values()})
+            self._levels_unknown = False
         w, inp = self.wiring, self._in
         wanted = {(inp["drive"] if r == row else inp["row_third"], port) for r, port in enumerate(w.rows)}
         wanted |= {(inp["sense"] if c == col else inp["col_two_thirds"], port)
@@ -99,7 +108,7 @@ class InstrumentCrossbar(Crossbar):
         try:
             m = self.source.measure_current(ch["sense"], levels={ch["drive"]: v})
         finally:
-            self.source.set_voltages({ch["drive"]: 0.0})
+            self._zero({ch["drive"]: 0.0})
         current = -m.value  # the sense SMU sinks the device current
         return Read(row, col, v, current, current / v)
 
@@ -110,17 +119,25 @@ class InstrumentCrossbar(Crossbar):
             row_bias, col_bias = voltage / 3, 2 * voltage / 3
         else:
             row_bias = col_bias = voltage / 2
+        # the whole pulse (width, energy, instrument limits) is checked before anything is
+        # routed or biased for it
+        self.source.check_pulse(ch["drive"], row_bias, voltage, width)
         self._route(row, col)
         # Rows first, then columns: no device ever sees more than the half-select stress
         # while the biases come up (and in reverse while they go down).
         up = {ch["row_third"]: row_bias, ch["drive"]: row_bias, ch["col_two_thirds"]: col_bias}
         down = {ch["col_two_thirds"]: 0.0, ch["drive"]: 0.0, ch["row_third"]: 0.0}
-        self.source.set_voltages(up)
-        try:
+        try:  # a failure (or Ctrl-C) while the biases come up must bring them down too
+            self.source.set_voltages(up)
             m = self.source.pulse(ch["drive"], row_bias, voltage, width)
         finally:
-            self.source.set_voltages(down)
+            self._zero(down)
         return Pulse(row, col, voltage, width, str(scheme), m.value, m.compliance)
+
+    def _zero(self, levels: dict[int, float]) -> None:
+        self._levels_unknown = True
+        self.source.set_voltages(levels)
+        self._levels_unknown = False
 
     def safe_state(self) -> None:
         """Sources to 0 V and off, then every relay open; both are attempted whatever fails."""

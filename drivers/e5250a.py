@@ -71,8 +71,8 @@ class E5250A(VisaInstrument, SwitchMatrix):
             if owner.setdefault(out, inp) != inp:
                 raise LimitError(f"{self.name}: closing {channel_list(routes)} would connect inputs "
                                  f"{owner[out]} and {inp} together on output {out}")
+        self.closed |= routes  # before sending: if the close fails it may still have happened
         self._relays(":ROUT:CLOS", routes)
-        self.closed |= routes
 
     def disconnect(self, routes: Iterable[Route]) -> None:
         routes = set(routes) & self.closed
@@ -90,15 +90,25 @@ class E5250A(VisaInstrument, SwitchMatrix):
             self.send(f"{command} {channel_list(ordered[k:k + MAX_CHANNELS_PER_MESSAGE])}")
 
     def safe_state(self) -> None:
-        self.drain()
-        self.open_all()
+        def open_everything():
+            self.drain()
+            self.open_all()
+
+        self.make_safe(open_everything)
 
     # --- messaging ------------------------------------------------------------------------
 
     def send(self, *commands: str) -> None:
         """Commands in one message, then the error queue read in the same round trip."""
         message = ";".join([*commands, ":SYST:ERR?"])
-        reply = self.query(message).strip()
+        try:
+            reply = self.query(message).strip()
+        except TimeoutError:
+            # A command error discards the rest of its message, :SYST:ERR? included
+            # (IEEE 488.2): ask the error queue on its own before giving up.
+            reply = self.query(":SYST:ERR?").strip()
+            if reply.startswith(("0", "+0")):
+                raise
         m = _ERROR.match(reply)
         if not m:
             raise ReplyError(f"{self.name}: unexpected reply {reply!r} to :SYST:ERR?")

@@ -13,6 +13,11 @@ class InstrumentNotAnswering(DriverError, ConnectionError):
     """An instrument could not be reached, or stopped answering."""
 
 
+class InstrumentTimeout(DriverError, TimeoutError):
+    """No reply within the session timeout. A DriverError (so callers that handle instrument
+    failures, the tuner's retries above all, handle this one too) and a TimeoutError."""
+
+
 class InstrumentError(DriverError):
     """The instrument reported an error for a command it received."""
 

@@ -44,6 +44,11 @@ class SourceMeter(ABC):
         retried: raises PulseOutcomeUnknown if completion is not confirmed."""
 
     @abstractmethod
+    def check_pulse(self, channel: int, base: float, peak: float, width: float) -> None:
+        """Raise (LimitError, ValueError) if `pulse` with these arguments would be refused;
+        sends nothing, so a caller can refuse before setting anything up for the pulse."""
+
+    @abstractmethod
     def safe_state(self) -> None:
         """Every output to 0 V, then disabled."""
 

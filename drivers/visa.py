@@ -9,12 +9,16 @@ that the outcome is unknown. After an interrupted query, a late reply may still 
 from __future__ import annotations
 
 import functools
+import os
+import select
+import socket
+import time
 
 import pyvisa
 from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
-from .errors import InstrumentNotAnswering, ReplyError
+from .errors import InstrumentNotAnswering, InstrumentTimeout, ReplyError
 
 
 @functools.cache
@@ -32,18 +36,48 @@ class VisaInstrument:
         self.name = name or type(self).__name__
         self.resource_name = resource
         self.timeout_s = timeout_s
+        self.visa_library = visa_library
         self._awaiting_reply = False
+        self._sent_at = 0.0  # time.monotonic() of the last message sent
+        self._res = self._open()
+
+    def _open(self):
         try:
-            self._res = resource_manager(visa_library).open_resource(
-                resource, read_termination=self.read_termination,
-                write_termination=self.write_termination, timeout=int(timeout_s * 1000))
+            res = resource_manager(self.visa_library).open_resource(
+                self.resource_name, read_termination=self.read_termination,
+                write_termination=self.write_termination, timeout=int(self.timeout_s * 1000))
         except (VisaIOError, OSError, ValueError) as exc:
-            raise InstrumentNotAnswering(f"{self.name} at {resource} did not answer: {exc}") from exc
+            raise InstrumentNotAnswering(f"{self.name} at {self.resource_name} did not answer: {exc}") from exc
+        # pyvisa-py (0.8) opens a TCPIP SOCKET resource "successfully" even when the
+        # connection was refused: ask the socket itself.
+        sock = _socket_of(res)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if sock is not None else 0
+        if error:
+            res.close()
+            raise InstrumentNotAnswering(f"{self.name} at {self.resource_name} did not answer: "
+                                         f"{os.strerror(error)}")
+        return res
+
+    def reopen(self) -> None:
+        """A new session after a dropped connection (the instrument keeps its state)."""
+        self.close()
+        self._awaiting_reply = False
+        self._res = self._open()
+
+    def make_safe(self, action) -> None:
+        """Run a safe-state action; if the link dropped, reconnect once and run it again."""
+        try:
+            action()
+        except InstrumentNotAnswering:
+            self.reopen()
+            action()
 
     def write(self, message: str) -> None:
+        self._sent_at = time.monotonic()
         try:
             self._res.write(message)
         except (VisaIOError, OSError) as exc:
+            self._awaiting_reply = False  # not sent (or the link is gone): no reply is owed
             raise InstrumentNotAnswering(f"{self.name} at {self.resource_name}: sending {message!r} "
                                          f"failed: {exc}") from exc
 
@@ -52,10 +86,14 @@ class VisaInstrument:
             reply = self._res.read()
         except VisaIOError as exc:
             if exc.error_code == constants.StatusCode.error_timeout:
-                raise TimeoutError(f"{self.name} at {self.resource_name}: no reply within "
-                                   f"{self.timeout_s} s") from exc
+                if self._link_closed():
+                    raise InstrumentNotAnswering(f"{self.name} at {self.resource_name}: the connection "
+                                                 f"was closed by the instrument") from exc
+                raise InstrumentTimeout(f"{self.name} at {self.resource_name}: no reply within "
+                                        f"{self.timeout_s} s") from exc
             raise InstrumentNotAnswering(f"{self.name} at {self.resource_name}: {exc}") from exc
         except UnicodeDecodeError as exc:
+            self._awaiting_reply = False  # the garbled reply was read: nothing more is owed
             raise ReplyError(f"{self.name}: garbled reply {exc.object!r}") from exc
         except OSError as exc:
             raise InstrumentNotAnswering(f"{self.name} at {self.resource_name}: {exc}") from exc
@@ -66,8 +104,8 @@ class VisaInstrument:
         """Send and read the reply. Retries (only for messages safe to repeat) after a timeout."""
         for attempt in range(retries + 1):
             self.drain()
+            self._awaiting_reply = True  # before sending: an interrupt may land as soon as it is sent
             self.write(message)
-            self._awaiting_reply = True
             try:
                 return self.read()
             except TimeoutError:
@@ -75,19 +113,35 @@ class VisaInstrument:
                     raise
 
     def drain(self) -> None:
-        """Discard a reply that was still owed when the last query was abandoned."""
+        """Discard a reply that was still owed when the last query was abandoned: wait for it
+        until the session timeout since the query was sent has run out (a query interrupted
+        early may still be answered late), then discard anything else arriving within 0.2 s."""
         if not self._awaiting_reply:
             return
         saved = self._res.timeout
-        self._res.timeout = 200
+        owed_ms = int((self.timeout_s - (time.monotonic() - self._sent_at)) * 1000)
+        self._res.timeout = max(200, owed_ms)
         try:
             while True:
                 self._res.read_raw()
+                self._res.timeout = 200
         except (VisaIOError, OSError):
             pass
         finally:
             self._res.timeout = saved
-            self._awaiting_reply = False
+        self._awaiting_reply = False  # not if interrupted: the next drain tries again
+
+    def _link_closed(self) -> bool:
+        """pyvisa-py reports a connection closed by the instrument as a timeout (it reads
+        nothing until the timeout); a vendor VISA reports it as a lost connection."""
+        sock = _socket_of(self._res)
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def close(self) -> None:
         try:
@@ -97,3 +151,14 @@ class VisaInstrument:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} at {self.resource_name}>"
+
+
+def _socket_of(res) -> socket.socket | None:
+    """The socket behind a pyvisa-py TCPIP SOCKET session, or None (other backends)."""
+    try:
+        sessions = getattr(res.visalib, "sessions", None)
+        session = sessions.get(res.session) if isinstance(sessions, dict) else None
+    except Exception:  # a closed session
+        return None
+    sock = getattr(session, "interface", None)
+    return sock if isinstance(sock, socket.socket) else None

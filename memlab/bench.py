@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from drivers.b1500a import B1500A
 from drivers.crossbar import InstrumentCrossbar
 from drivers.e5250a import E5250A
+from drivers.errors import InstrumentNotAnswering
 from simulator.bench import CableToSwitch, EmulatedInstrument, SimBenchSpec, SimulatedBench
 
 from .config import BenchConfig, BenchFileError
@@ -66,16 +67,26 @@ def open_crossbar(config: BenchConfig) -> Iterator[InstrumentCrossbar]:
     """Connect the bench's instruments and yield its crossbar; always ends in the safe state."""
     opened = []
     try:
-        source = _open_instrument(config, config.crossbar.source, limits=config.limits)
-        opened.append(source)
-        switch = _open_instrument(config, config.crossbar.switch)
-        opened.append(switch)
+        failure = None
+        for name, kwargs in ((config.crossbar.source, {"limits": config.limits}),
+                             (config.crossbar.switch, {})):
+            try:
+                opened.append(_open_instrument(config, name, **kwargs))
+            except InstrumentNotAnswering as exc:
+                # open the others anyway: an unreachable source can still be cut off by the
+                # switch, and an unreachable switch still gets the sources turned off
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        source, switch = opened
         xbar = InstrumentCrossbar(source, switch, config.wiring, config.limits,
                                   read_voltage=config.crossbar.read_voltage)
         xbar.connect()
         yield xbar
-    except BaseException:
-        _make_safe(opened)  # the original exception matters more than a failed confirmation
+    except BaseException as exc:
+        # the original exception matters more than a failed confirmation, but it says so
+        for problem in _make_safe(opened):
+            exc.add_note(f"safe state not confirmed: {problem}")
         raise
     else:
         problems = _make_safe(opened)

@@ -38,14 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (BenchFileError, DriverError, ValueError, OSError) as exc:
-        print(f"memlab: error: {exc}", file=sys.stderr)
+        print(f"memlab: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nmemlab: interrupted; the bench was left in its safe state", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"\nmemlab: interrupted; {_one_line(exc, 'the bench was put in its safe state')}", file=sys.stderr)
         return 130
-    except Terminated:
-        print("memlab: terminated; the bench was left in its safe state", file=sys.stderr)
+    except Terminated as exc:
+        print(f"memlab: terminated; {_one_line(exc, 'the bench was put in its safe state')}", file=sys.stderr)
         return 143
+
+
+def _one_line(exc: BaseException, otherwise: str = "") -> str:
+    """The error and the notes added on its way out (a safe state that was not confirmed)."""
+    notes = getattr(exc, "__notes__", [])
+    text = "; ".join([t for t in (str(exc) if not otherwise else "",) if t] + notes)
+    return text or otherwise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,14 +104,14 @@ def _store_and_json(p: argparse.ArgumentParser) -> None:
 
 def cmd_sim_serve(args) -> int:
     config = load_bench(args.bench)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
     bench, live = emulate(config, log_dir=args.log_dir)
     try:
         for name, resource in bench.resources.items():
             print(f"{name} {resource}", flush=True)
         if args.write_bench:
             Path(args.write_bench).write_text(live.to_yaml())
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *a: stop.set())
         try:
             stop.wait()
         except KeyboardInterrupt:
@@ -163,7 +170,7 @@ def _params(args) -> TuneArrayParams:
     data = yaml.safe_load(Path(args.params).read_text()) if getattr(args, "params", None) else {}
     params = TuneArrayParams.model_validate(data or {})
     if getattr(args, "tolerance", None) is not None:
-        params = params.model_copy(update={"tune": params.tune.model_copy(update={"tolerance": args.tolerance})})
+        params = params.with_tolerance(args.tolerance)
     return params
 
 
@@ -210,7 +217,7 @@ def cmd_demo(args) -> int:
         params = TuneArrayParams()
         summary = run_tuning(live, targets, params, RunStore(args.store or default_store()), kind="demo",
                              bench_clock=lambda: bench.clock)
-        summary["simulator_truth"] = _truth(bench, targets, params.tune.tolerance)
+        summary["simulator_truth"] = _truth(bench, targets, params.tolerance)
         summary["resources"] = bench.resources
     finally:
         bench.stop()

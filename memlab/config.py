@@ -119,10 +119,12 @@ def load_bench(path: str | Path) -> BenchConfig:
         text = path.read_text()
     except OSError as exc:
         raise BenchFileError(f"{path}: cannot read the bench file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise BenchFileError(f"{path}: not a text file (byte {exc.start}: {exc.reason})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise BenchFileError(f"{path}: not valid YAML: {exc}") from exc
+        raise BenchFileError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise BenchFileError(f"{path}: a bench file is a YAML mapping (name, instruments, crossbar, "
                              f"wiring, limits)")
@@ -130,6 +132,18 @@ def load_bench(path: str | Path) -> BenchConfig:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
         raise BenchFileError(f"{path}: " + describe(exc)) from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line, with 1-based line and column."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" from line {context_mark.line + 1})" if context_mark else ")")
+    return text
 
 
 def describe(exc: ValidationError) -> str:

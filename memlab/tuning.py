@@ -32,9 +32,14 @@ def load_targets(path: str | Path) -> np.ndarray:
 
 
 def print_progress(label: str, k: int, n: int, result: TuneResult) -> None:
+    """One updating line on a terminal; every eighth device (and any failure) otherwise."""
     state = "ok" if result.tuned else ("STUCK" if result.stuck else "FAILED")
-    print(f"\r{label}: {k}/{n} devices, ({result.row},{result.col}) {result.conductance * 1e6:7.1f} uS "
-          f"{state:6s} {result.pulses:3d} pulses", end="" if k < n else "\n", file=sys.stderr, flush=True)
+    line = (f"{label}: {k}/{n} devices, ({result.row},{result.col}) {result.conductance * 1e6:7.1f} uS "
+            f"{state:6s} {result.pulses:3d} pulses")
+    if sys.stderr.isatty():
+        print("\r" + line, end="" if k < n else "\n", file=sys.stderr, flush=True)
+    elif k % 8 == 0 or k == n or not result.tuned:
+        print(line, file=sys.stderr, flush=True)
 
 
 def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams, store: RunStore,
@@ -49,16 +54,17 @@ def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams
         run.save_array("targets", targets)
         with open_crossbar(config) as xbar:
             run.record("connect", source=xbar.source.identity, switch=xbar.switch.identity)
-            xbar.recorders.append(lambda op, fields: run.record(op, **fields))
+            clock = bench_clock or (lambda: None)
+            xbar.recorders.append(lambda op, fields: run.record(op, bench_time=clock(), **fields))
             result = tune_array(xbar, targets, params, progress=progress)
         run.save_array("final", result.final)
         run.save_array("pulses", result.pulses)
-        summary = summarize(result, params.tune.tolerance)
+        summary = summarize(result, params.tolerance)
         summary.update(run_path=str(run.path), database=str(store.db_path),
                        wall_time_s=round(time.monotonic() - started, 2))
         if bench_clock is not None:
             summary["bench_time_s"] = round(bench_clock(), 3)
-        plot_tuning(result, params.tune.tolerance, run.path / "tuning.png")
+        plot_tuning(result, params.tolerance, run.path / "tuning.png")
         summary["plot"] = str(run.path / "tuning.png")
         run.set_summary(summary)
     return summary

@@ -13,17 +13,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.interfaces import Crossbar
 from drivers.write_verify import TuneParams, TuneResult
 
 
 class TuneArrayParams(BaseModel):
+    """`tolerance` is what the array must meet when read back at the end; each device is
+    tuned to the narrower band `tune.tolerance`, leaving room for the drift that later
+    devices' programming causes and for read noise."""
+
     model_config = ConfigDict(extra="forbid")
 
-    tune: TuneParams = TuneParams()
-    touch_up_passes: int = Field(2, ge=0, description="re-tuning passes for devices that drifted")
+    tolerance: float = Field(0.01, gt=0, lt=1, description="acceptance tolerance of the final read-back")
+    tune: TuneParams = TuneParams(tolerance=0.006)
+    touch_up_passes: int = Field(3, ge=0, description="re-tuning passes for devices that drifted")
+
+    @model_validator(mode="after")
+    def _band_inside_tolerance(self) -> "TuneArrayParams":
+        if self.tune.tolerance > self.tolerance:
+            raise ValueError(f"tune.tolerance {self.tune.tolerance} must not exceed tolerance {self.tolerance}")
+        return self
+
+    def with_tolerance(self, tolerance: float, guard: float = 0.6) -> "TuneArrayParams":
+        """Same parameters for another acceptance tolerance, tuning band `guard` times it."""
+        tune = self.tune.model_copy(update={"tolerance": guard * tolerance})
+        return self.model_copy(update={"tolerance": tolerance, "tune": tune})
 
 
 @dataclass
@@ -61,7 +77,7 @@ def tune_array(xbar: Crossbar, targets: np.ndarray, params: TuneArrayParams | No
     devices = [(r, c) for r in range(xbar.rows) for c in range(xbar.cols) if np.isfinite(targets[r, c])]
     out = ArrayTuneResult(targets=targets, final=np.full(targets.shape, np.nan),
                           pulses=np.zeros(targets.shape, dtype=int))
-    tol = params.tune.tolerance
+    tol = params.tolerance
 
     todo = devices
     for n in range(params.touch_up_passes + 1):
