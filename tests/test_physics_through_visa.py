@@ -71,3 +71,18 @@ def test_moving_along_a_row_switches_only_two_columns(emulation, xbar):
     new = cmds[before:]
     assert len(new) == 2  # one open, one close
     assert all(c.count(",") == 1 for c in new), new  # two relays in each
+
+
+def test_v2_pulse_half_selects_only_the_selected_lines(emulation, xbar):
+    bench, _ = emulation
+    r, c = 2, 6
+    before = bench.conductances().numpy()
+    xbar.pulse(r, c, 1.3, 1e-3, "v2")
+    change = np.abs(bench.conductances().numpy() - before) / before
+    half = np.concatenate([np.delete(change[r, :], c), np.delete(change[:, c], r)])
+    others = np.delete(np.delete(change, r, axis=0), c, axis=1)
+    assert change[r, c] > 0.02
+    assert half.min() > 0 and half.max() < change[r, c] / 20
+    # unselected devices sit at 0 V during the pulse; with sources set one after another
+    # they see V/2 (never more) for the instants between two level changes
+    assert others.max() < change[r, c] / 20
