@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first and exactly: this version is a local CPU wheel; anything looser pulls a CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# badcrossbar (test cross-check) without deps: its pycairo, used only for plotting, does not build without system cairo
+	$(BIN)/python -m pip install --quiet --no-deps badcrossbar==1.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -9,11 +9,10 @@ checks the bench limits first, so nothing outside them can be sent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import InstrumentError, LimitError, PulseOutcomeUnknown, ReplyError
-from .interfaces import Measurement, SourceMeter
+from .interfaces import Levels, Measurement, SourceMeter, level_pairs
 from .limits import Limits
 from .visa import VisaInstrument
 
@@ -137,11 +136,11 @@ class B1500A(VisaInstrument, SourceMeter):
 
     # --- SourceMeter ------------------------------------------------------------------------
 
-    def set_voltages(self, levels: Mapping[int, float]) -> None:
-        self.send(*(self.dv_command(slot, v) for slot, v in levels.items()))
+    def set_voltages(self, levels: Levels) -> None:
+        self.send(*(self.dv_command(slot, v) for slot, v in level_pairs(levels)))
 
-    def measure_current(self, channel: int, *, levels: Mapping[int, float] | None = None) -> Measurement:
-        commands = [self.dv_command(slot, v) for slot, v in (levels or {}).items()]
+    def measure_current(self, channel: int, *, levels: Levels | None = None) -> Measurement:
+        commands = [self.dv_command(slot, v) for slot, v in level_pairs(levels or {})]
         field = self.measure(";".join([*commands, f"TI {channel},0"]))[0]
         return Measurement(field.value, field.in_compliance)
 
@@ -157,7 +156,11 @@ class B1500A(VisaInstrument, SourceMeter):
 
     def write(self, message: str) -> None:
         """Every message passes the limit guard, whoever built it."""
-        self._guard(message)
+        try:
+            self._guard(message)
+        except LimitError:
+            self._awaiting_reply = False  # nothing was sent: no reply is owed
+            raise
         super().write(message)
 
     def _guard(self, message: str) -> None:

@@ -18,6 +18,7 @@ from .interfaces import Crossbar, Pulse, Read, Scheme, SourceMeter, SwitchMatrix
 from .limits import Limits
 
 ROLES = ("drive", "sense", "row_third", "col_two_thirds")
+BIAS_STEPS = 3  # nine level changes: one message under the B1500's 250-character guideline
 
 
 class RoleWiring(BaseModel):
@@ -123,18 +124,32 @@ class InstrumentCrossbar(Crossbar):
         # routed or biased for it
         self.source.check_pulse(ch["drive"], row_bias, voltage, width)
         self._route(row, col)
-        # Rows first, then columns: no device ever sees more than the half-select stress
-        # while the biases come up (and in reverse while they go down).
-        up = {ch["row_third"]: row_bias, ch["drive"]: row_bias, ch["col_two_thirds"]: col_bias}
-        down = {ch["col_two_thirds"]: 0.0, ch["drive"]: 0.0, ch["row_third"]: 0.0}
+        up = self._staircase(row_bias, col_bias)
         try:  # a failure (or Ctrl-C) while the biases come up must bring them down too
             self.source.set_voltages(up)
             m = self.source.pulse(ch["drive"], row_bias, voltage, width)
         finally:
-            self._zero(down)
+            self._zero(self._staircase(row_bias, col_bias, down=True))
         return Pulse(row, col, voltage, width, str(scheme), m.value, m.compliance)
 
-    def _zero(self, levels: dict[int, float]) -> None:
+    def _staircase(self, row_bias: float, col_bias: float, down: bool = False) -> list[tuple[int, float]]:
+        """Bias levels in BIAS_STEPS interleaved steps: up rows then columns, down columns
+        then rows. Sources change one after another, so between two changes some device
+        sees the difference; in small steps no device sees more than the final half-select
+        stress, nor (under V/2) more than V/(2 * BIAS_STEPS) where it should see nothing."""
+        rows = (self._ch["row_third"], self._ch["drive"])
+        col = self._ch["col_two_thirds"]
+        steps = []
+        for k in range(1, BIAS_STEPS + 1):
+            if down:
+                f = (BIAS_STEPS - k) / BIAS_STEPS
+                steps += [(col, f * col_bias)] + [(ch, f * row_bias) for ch in rows[::-1]]
+            else:
+                f = k / BIAS_STEPS
+                steps += [(ch, f * row_bias) for ch in rows] + [(col, f * col_bias)]
+        return steps
+
+    def _zero(self, levels) -> None:
         self._levels_unknown = True
         self.source.set_voltages(levels)
         self._levels_unknown = False

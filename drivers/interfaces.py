@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from .write_verify import TuneParams, TuneResult
 
 
+Levels = Mapping[int, float] | Iterable[tuple[int, float]]  # channel -> V, applied in order
+
+
+def level_pairs(levels: Levels) -> list[tuple[int, float]]:
+    return list(levels.items()) if isinstance(levels, Mapping) else list(levels)
+
+
 class SourceMeter(ABC):
     """A parameter analyzer's source-measure channels, addressed by channel number."""
 
@@ -31,11 +38,12 @@ class SourceMeter(ABC):
     def enable(self, channels: list[int]) -> None: ...
 
     @abstractmethod
-    def set_voltages(self, levels: Mapping[int, float]) -> None:
-        """Set DC levels, applied in the mapping's order, in one transaction where possible."""
+    def set_voltages(self, levels: Levels) -> None:
+        """Set DC levels, in the order given (a channel may appear more than once), in one
+        transaction where possible."""
 
     @abstractmethod
-    def measure_current(self, channel: int, *, levels: Mapping[int, float] | None = None) -> "Measurement":
+    def measure_current(self, channel: int, *, levels: Levels | None = None) -> "Measurement":
         """Current out of `channel` into the DUT, after first applying `levels` (if given)."""
 
     @abstractmethod

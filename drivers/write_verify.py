@@ -33,7 +33,7 @@ class TuneParams(BaseModel):
     scheme: Scheme = Scheme.V3
     max_failures: int = Field(3, ge=1, description="consecutive instrument failures before aborting")
     stuck_span: float = Field(0.03, gt=0, description="a failed device whose reads never spread more "
-                                                     "than this fraction of their mean is called stuck")
+                                                     "than this fraction of the target is called stuck")
 
     @model_validator(mode="after")
     def _ranges(self) -> "TuneParams":
@@ -116,7 +116,7 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
             raise
         except DriverError as exc:
             failures = _failed(res, failures, p, f"pulse {v:+.2f} V: {exc}")
-        amplitude[polarity] = v + polarity * p.step
+        amplitude[polarity] = round(v + polarity * p.step, 9)  # no creeping past a cap by rounding
         last_polarity = polarity
 
 
@@ -130,8 +130,7 @@ def _failed(res: TuneResult, failures: int, p: TuneParams, text: str) -> int:
 
 def _give_up(res: TuneResult, p: TuneParams, reason: str) -> TuneResult:
     res.reason = reason
-    mean = (res.g_low + res.g_high) / 2
-    res.stuck = res.reads > 1 and (res.g_high - res.g_low) <= p.stuck_span * mean
+    res.stuck = res.reads > 1 and (res.g_high - res.g_low) <= p.stuck_span * res.target
     if res.stuck:
         res.reason += " (no response: stuck?)"
     return res

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--write-bench", metavar="FILE", help="write the bench file with the live resources")
     serve.add_argument("--log-dir", metavar="DIR", help="write each instrument's command log there")
     serve.set_defaults(func=cmd_sim_serve)
+    calib = sim.add_parser("calibrate", help="compare the simulated TiO2 crossbar with the measured data")
+    calib.add_argument("--preset", default="tio2-passive")
+    calib.add_argument("--arrays", type=int, default=20, help="simulated 8x8 arrays per survey")
+    calib.add_argument("--seed", type=int, default=0)
+    calib.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    calib.set_defaults(func=cmd_sim_calibrate)
 
     bench = sub.add_parser("bench", help="bench files").add_subparsers(metavar="BENCHCOMMAND")
     check = bench.add_parser("check", help="connect, identify every instrument, check the wiring")
@@ -118,6 +124,15 @@ def cmd_sim_serve(args) -> int:
             pass
     finally:
         bench.stop()
+    return 0
+
+
+def cmd_sim_calibrate(args) -> int:
+    from .calibrate import calibrate, print_table
+
+    result = calibrate(args.preset, arrays=args.arrays, seed=args.seed)
+    print_table(result)
+    _write_json(args.json, result)
     return 0
 
 
@@ -247,7 +262,11 @@ def print_summary(s: dict) -> None:
     print(f"  failed to tune          {len(s['failed_devices'])}")
     for d in s["failed_devices"]:
         print(f"      ({d['row']},{d['col']}) at {d['conductance_uS']} uS: {d['reason']}")
-    for d in s["out_of_tolerance_devices"]:
+    failed = {(d["row"], d["col"]) for d in s["failed_devices"]}
+    drifted = [d for d in s["out_of_tolerance_devices"] if (d["row"], d["col"]) not in failed]
+    if drifted:
+        print(f"  tuned, then out of tolerance at read-back  {len(drifted)}")
+    for d in drifted:
         print(f"      ({d['row']},{d['col']}) ended at {d['final_uS']} uS for {d['target_uS']} uS")
     print(f"  pulses per device       {s['pulses_per_device']} mean, {s['pulses_per_device_max']} max, "
           f"{s['passes']} pass(es)")

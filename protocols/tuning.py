@@ -29,6 +29,7 @@ class TuneArrayParams(BaseModel):
     tolerance: float = Field(0.01, gt=0, lt=1, description="acceptance tolerance of the final read-back")
     tune: TuneParams = TuneParams(tolerance=0.006)
     touch_up_passes: int = Field(3, ge=0, description="re-tuning passes for devices that drifted")
+    verify_reads: int = Field(3, ge=1, description="reads averaged per device in each read-back")
 
     @model_validator(mode="after")
     def _band_inside_tolerance(self) -> "TuneArrayParams":
@@ -90,7 +91,7 @@ def tune_array(xbar: Crossbar, targets: np.ndarray, params: TuneArrayParams | No
                 progress(label, k, len(todo), result)
         out.passes = n + 1
         for r, c in devices:
-            out.final[r, c] = xbar.read(r, c).conductance
+            out.final[r, c] = np.mean([xbar.read(r, c).conductance for _ in range(params.verify_reads)])
         ok = out.in_tolerance(tol)
         todo = [(r, c) for r, c in devices if not ok[r, c] and out.results[(r, c)].tuned]
         if not todo:

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .b1500a import B1500ACore
+from .circuit import solve_crossbar
 from .crossbar import CrossbarArray
 from .device import load_preset
 from .e5250a import E5250ACore
@@ -48,6 +49,13 @@ class CableToSwitch(BaseModel):
     input: int
 
 
+class LineResistance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    word: float = Field(0.0, ge=0, description="ohm per word-line segment between crosspoints")
+    bit: float = Field(0.0, ge=0, description="ohm per bit-line segment between crosspoints")
+
+
 class Timing(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +77,7 @@ class SimBenchSpec(BaseModel):
     col_ports: list[int]
     cables: list[CableToSwitch]
     timing: Timing = Timing()
+    line_resistance: LineResistance = LineResistance()
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimBenchSpec":
@@ -85,9 +94,12 @@ class SimulatedBench:
 
     def __init__(self, spec: SimBenchSpec, log_dir: str | Path | None = None):
         self.spec = spec
-        self.array = CrossbarArray(spec.rows, spec.cols, load_preset(spec.preset), seed=spec.seed)
+        preset = load_preset(spec.preset)
+        if preset.architecture != "passive":
+            raise ValueError(f"the emulated bench drives a passive crossbar; preset {preset.name!r} is "
+                             f"{preset.architecture} (use the direct simulator backend)")
+        self.array = CrossbarArray(spec.rows, spec.cols, preset, seed=spec.seed)
         self.lock = threading.RLock()
-        self.clock = 0.0
         self.hazards: list[str] = []
         self._outputs: dict[tuple[str, int], tuple[float, float] | None] = {}
         self._closed: frozenset[tuple[int, int]] = frozenset()
@@ -103,7 +115,7 @@ class SimulatedBench:
             core = self._make_core(inst)
             self.cores[inst.name] = core
             self.servers[inst.name] = InstrumentServer(
-                core, inst.name, port=inst.port, lock=self.lock, clock=lambda: self.clock,
+                core, inst.name, port=inst.port, lock=self.lock, clock=lambda: self.array.clock,
                 log_path=(log_dir / f"{inst.name}.log") if log_dir else None)
 
     def _make_core(self, inst: EmulatedInstrument):
@@ -146,9 +158,14 @@ class SimulatedBench:
 
     # --- ground truth, for tests and reports ---------------------------------------------
 
+    @property
+    def clock(self) -> float:
+        """Virtual bench time (s)."""
+        return self.array.clock
+
     def conductances(self) -> torch.Tensor:
         with self.lock:
-            return self.array.g.clone()
+            return self.array.conductance().clone()
 
     def source_outputs(self) -> dict[tuple[str, int], tuple[float, float] | None]:
         with self.lock:
@@ -160,7 +177,7 @@ class SimulatedBench:
 
     def line_potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
         with self.lock:
-            return self._v_rows.clone(), self._v_cols.clone()
+            return self._lines[0].clone(), self._lines[1].clone()
 
     # --- physics --------------------------------------------------------------------------
 
@@ -200,10 +217,11 @@ class SimulatedBench:
             if levels:
                 kind, idx = line
                 (v_rows if kind == "row" else v_cols)[idx] = max(levels, key=abs)
-        dtype = self.array.g.dtype
+        dtype = self.array.dtype
         self._drive = (torch.tensor(v_rows, dtype=dtype), torch.tensor(v_cols, dtype=dtype))
-        self._floating = any(math.isnan(v) for v in v_rows + v_cols)
-        self._v_rows, self._v_cols = self.array.solve_lines(*self._drive)
+        lr = self.spec.line_resistance
+        self._fully_driven = not any(math.isnan(v) for v in v_rows + v_cols) and not (lr.word or lr.bit)
+        self._solve()
         self._driven = {}
         for port, inputs in by_port.items():
             line = self._line_of_port.get(port)
@@ -212,18 +230,42 @@ class SimulatedBench:
                 if line is not None and src is not None and self._outputs.get(src) is not None:
                     self._driven.setdefault(src, []).append(line)
 
+    def _solve(self, g: torch.Tensor | None = None) -> torch.Tensor:
+        """Device voltages for the present drive (floating lines and line resistance by the
+        nodal solve, at conductances g, default the true ones)."""
+        v_rows, v_cols = self._drive
+        if self._fully_driven:
+            self._lines = (v_rows, v_cols)
+            self._v_dev = v_rows[:, None] - v_cols[None, :]
+        elif not bool(torch.nan_to_num(torch.cat([v_rows, v_cols])).abs().max() > 0):
+            self._lines = (torch.zeros_like(v_rows), torch.zeros_like(v_cols))  # all at 0 V
+            self._v_dev = torch.zeros(len(v_rows), len(v_cols), dtype=self.array.dtype)
+        else:
+            g = self.array.conductance() if g is None else g
+            lr = self.spec.line_resistance
+            sol = solve_crossbar(g.numpy(), v_rows.numpy(), v_cols.numpy(), r_word=lr.word, r_bit=lr.bit)
+            dtype = self.array.dtype
+            # potential of each line at its first crosspoint (the whole line, for ideal lines)
+            self._lines = (torch.from_numpy(sol.v_word[:, 0]).to(dtype), torch.from_numpy(sol.v_bit[0, :]).to(dtype))
+            self._v_dev = torch.from_numpy(sol.v_word - sol.v_bit).to(dtype)
+        return self._v_dev
+
     def _hazard(self, text: str) -> None:
         if not self.hazards or self.hazards[-1] != text:
             self.hazards.append(text)
 
     def advance(self, seconds: float) -> None:
+        """Virtual time passes at the present line potentials."""
         with self.lock:
             if seconds <= 0:
                 return
-            self.array.stress(self.array.device_voltages(self._v_rows, self._v_cols), seconds)
-            self.clock += seconds
-            if self._floating:  # floating lines follow the devices' new conductances
-                self._v_rows, self._v_cols = self.array.solve_lines(*self._drive)
+            if not bool(self._v_dev.abs().max() > 0):
+                self.array.advance(seconds)
+            elif self._fully_driven:
+                self.array.apply_lines(*self._drive, seconds)
+            else:
+                self.array.apply(self._v_dev, seconds)
+                self._solve()  # floating lines follow the devices' new conductances
 
     def source_current(self, instrument: str, slot: int) -> float:
         """Current flowing out of a source channel into the lines it drives, with read noise."""
@@ -231,8 +273,12 @@ class SimulatedBench:
             lines = self._driven.get((instrument, slot), [])
             if not lines:
                 return 0.0
-            g = self.array.sample_conductance()
-            i_rows, i_cols = self.array.line_currents(g, self._v_rows, self._v_cols)
+            g = self.array.sample()
+            v = self._v_dev if self._fully_driven else self._solve(g)
+            i_dev = self.array.device_currents(g, v)
+            i_rows, i_cols = i_dev.sum(dim=1), -i_dev.sum(dim=0)
+            if not self._fully_driven:
+                self._solve()
             return float(sum(i_rows[i] if kind == "row" else i_cols[i] for kind, i in lines))
 
 

@@ -1,10 +1,16 @@
-"""The physics of a passive crossbar: device states, their response to line potentials,
-and the currents that flow.
+"""The physics of a crossbar's devices: their states, their response to voltages over
+time, and what a measurement sees.
 
 Rows are word lines, columns bit lines; a device's voltage is V_row - V_col, so a positive
-row potential SETs (raises G) and a negative one RESETs. All state is held as torch
-tensors and updated with whole-array operations; every random draw comes from the array's
-own seeded generator.
+row potential SETs (raises G) and a negative one RESETs. State lives in torch tensors and
+every update is a handful of whole-array operations. Device-to-device parameters are drawn
+once from the seed; every later random draw is counter-based (`noise.py`): the noise of a
+device's n-th switching event, drift realization or read depends only on (seed, device, n),
+so any two simulations applying the same events agree, whatever else they do.
+
+Laziness keeps a pulse over a million devices cheap: the drift dose a device collects is
+realized (mean and random part) only when the device is next read or switched, and the
+volatile part of its state relaxes in closed form from a common epoch.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import math
 
 import torch
 
+from . import noise
 from .device import DevicePreset
 
-# Conductance from a floating line to ground: keeps the nodal matrix regular when a
-# floating line touches no driven line; small enough to change no current we report.
-LEAK_TO_GROUND = 1e-12
-# Below this magnitude a device sees no voltage at all (no drift at 0 V).
-V_FLOOR = 1e-9
+# Switching events moving a device by less than this fraction of the way to its bound (at
+# most a few hundredths of a uS) are applied without cycle-to-cycle noise (it would be
+# invisible) and without a volatile part, and do not start a new drift epoch.
+SIGNIFICANT = 1e-4
+MICROSECOND = 1e-6
 
 
 class CrossbarArray:
@@ -29,108 +36,252 @@ class CrossbarArray:
                  dtype: torch.dtype = torch.float64):
         if rows < 1 or cols < 1:
             raise ValueError("a crossbar needs at least one row and one column")
-        self.rows, self.cols, self.preset, self.seed = rows, cols, preset, seed
-        self.gen = torch.Generator().manual_seed(seed)
+        self.rows, self.cols, self.preset, self.seed, self.dtype = rows, cols, preset, seed, dtype
+        gen = torch.Generator().manual_seed(seed)
         shape = (rows, cols)
         p = preset
 
-        def normal(mean, sd):
-            return mean + sd * torch.randn(shape, generator=self.gen, dtype=dtype)
+        def normal(mean=0.0, sd=1.0):
+            return mean + sd * torch.randn(shape, generator=gen, dtype=torch.float64)
 
-        def uniform(lo, hi):
-            return lo + (hi - lo) * torch.rand(shape, generator=self.gen, dtype=dtype)
+        def uniform(lo=0.0, hi=1.0):
+            return lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
 
-        self.g_min = (p.g_min * (1 + p.spread.bounds_rel * torch.randn(shape, generator=self.gen, dtype=dtype))
-                      ).clamp(min=p.g_min * 0.5)
-        self.g_max = (p.g_max * (1 + p.spread.bounds_rel * torch.randn(shape, generator=self.gen, dtype=dtype))
-                      ).clamp(min=self.g_min * 1.5)
-        self.v_set = normal(p.set.v_c, p.spread.v_c)
-        self.v_reset = normal(p.reset.v_c, p.spread.v_c)
-        self.rate_set = p.set.rate * torch.exp(normal(0.0, p.spread.rate_log))
-        self.rate_reset = p.reset.rate * torch.exp(normal(0.0, p.spread.rate_log))
-        self.g = torch.minimum(torch.maximum(uniform(*p.g_initial), self.g_min), self.g_max)
+        g_min = (p.g_min * (1 + p.spread.bounds_rel * normal())).clamp(min=0.5 * p.g_min)
+        g_max = torch.maximum(p.g_max * (1 + p.spread.bounds_rel * normal()), 1.5 * g_min)
+        # 1 / v_c per device and polarity: k = rate * exp(-barrier * (1 - |V| / v_c) ** 2)
+        inv_set = 1 / normal(p.set.v_c, p.spread.v_c).clamp(min=0.1 * p.set.v_c)
+        inv_reset = 1 / normal(p.reset.v_c, p.spread.v_c).clamp(min=0.1 * p.reset.v_c)
+        s = p.drift.sensitivity_sd
+        sensitivity = torch.exp(normal(-s * s / 2, s))
+        g = uniform(*p.g_initial).clamp(min=0).minimum(g_max).maximum(g_min)
 
-        u = torch.rand(shape, generator=self.gen, dtype=dtype)
-        self.stuck_lrs = u < p.stuck.lrs_fraction
-        self.stuck_hrs = (u >= p.stuck.lrs_fraction) & (u < p.stuck.lrs_fraction + p.stuck.hrs_fraction)
-        lrs = normal(p.stuck.lrs_mean, p.stuck.lrs_sd).clamp(min=p.stuck.hrs_high)
-        hrs = uniform(p.stuck.hrs_low, p.stuck.hrs_high)
-        self.g = torch.where(self.stuck_lrs, lrs, torch.where(self.stuck_hrs, hrs, self.g))
-        # Scales each device's response to programming; stuck devices do not respond.
-        self.fault_factor = torch.where(self.stuck, 0.0, 1.0).to(dtype)
+        f = p.faults
+        u = uniform()
+        stuck_lrs = u < f.stuck_lrs
+        stuck_hrs = (u >= f.stuck_lrs) & (u < f.stuck_lrs + f.stuck_hrs)
+        discordant = (u >= f.stuck_lrs + f.stuck_hrs) & (u < f.stuck_lrs + f.stuck_hrs + f.discordant)
+        lrs = f.lrs_conductance.median * torch.exp(f.lrs_conductance.sigma * normal())
+        hrs = torch.exp(uniform(math.log(f.hrs_conductance.low), math.log(f.hrs_conductance.high)))
+        c, d = f.concordant_factor, f.discordant_factor
+        factor = torch.where(discordant, normal(d.mean, d.sd).clamp(d.low, d.high),
+                             normal(c.mean, c.sd).clamp(c.low, c.high))
+        stuck = stuck_lrs | stuck_hrs
+        factor = torch.where(stuck, 0.0, factor)
+        g = torch.where(stuck_lrs, lrs, torch.where(stuck_hrs, hrs, g))
+        # a stuck device's bounds are its own conductance: nothing moves it
+        g_min = torch.where(stuck, g, g_min)
+        g_max = torch.where(stuck, g, g_max)
+
+        t = dict(dtype=dtype)
+        self.g = g.to(**t)                  # stable part of the conductance (S)
+        self.g_min, self.g_max = g_min.to(**t), g_max.to(**t)
+        self.inv_vc = torch.stack([inv_set, inv_reset]).to(**t)   # [SET, RESET]
+        self._inv_vc_diff = self.inv_vc[0] - self.inv_vc[1]
+        self._span = self.g_max - self.g_min
+        self.sensitivity = sensitivity.to(**t)
+        self.fault_factor = factor.to(**t)
+        self._responsive = (factor != 0).to(**t)
+        self.stuck_lrs, self.stuck_hrs, self.discordant = stuck_lrs, stuck_hrs, discordant
+        self._vol = torch.zeros(shape, **t)   # volatile part, scaled to the epoch
+        self._vol_epoch = 0.0
+        # drift doses collected since each device last switched, and the part of them
+        # already turned into conductance change
+        self._dose = torch.zeros((2, *shape), **t)       # [SET polarity, RESET polarity]
+        self._realized = torch.zeros((2, *shape), **t)
+        self._n_switch = torch.zeros(shape, dtype=torch.int64)
+        # read and programming noise need no agreement between simulations: an ordinary
+        # seeded stream, much faster than the counter-based draws
+        self._gen = torch.Generator().manual_seed(seed + 0x5EED)
+        self.clock = 0.0                     # virtual time (s)
+
+    # --- derived views ------------------------------------------------------------------------
 
     @property
     def stuck(self) -> torch.Tensor:
         return self.stuck_lrs | self.stuck_hrs
 
-    # --- state change -----------------------------------------------------------------
+    @property
+    def n_devices(self) -> int:
+        return self.rows * self.cols
 
-    def stress(self, v_dev: torch.Tensor, duration: float) -> None:
-        """Hold voltages v_dev (rows x cols, V_row - V_col) across the devices for `duration` s."""
+    def bytes_per_device(self) -> float:
+        tensors = [self.g, self.g_min, self.g_max, self._span, self.inv_vc, self._inv_vc_diff, self.sensitivity,
+                   self.fault_factor, self._vol, self._dose, self._realized, self._n_switch,
+                   self.stuck_lrs, self.stuck_hrs, self.discordant]
+        return sum(t.element_size() * t.numel() for t in tensors) / self.n_devices
+
+    def conductance(self) -> torch.Tensor:
+        """The true conductances now (every pending drift realized)."""
+        self._realize_all()
+        return self.g + self._volatile()
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Time passes with no voltage on the devices: only relaxation."""
+        if seconds > 0:
+            self.clock += seconds
+
+    def _decay(self) -> float:
+        return math.exp(-(self.clock - self._vol_epoch) / self.preset.relaxation.tau)
+
+    def _volatile(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        vol = self._vol if idx is None else self._vol.view(-1)[idx]
+        return vol * self._decay()
+
+    # --- state change ---------------------------------------------------------------------------
+
+    def apply_lines(self, v_rows: torch.Tensor, v_cols: torch.Tensor, duration: float) -> None:
+        """Hold fully driven lines at v_rows, v_cols for `duration` seconds."""
+        v_rows, v_cols = v_rows.to(self.dtype), v_cols.to(self.dtype)
+        self.apply(v_rows[:, None] - v_cols[None, :], duration)
+
+    def apply(self, v: torch.Tensor, duration: float) -> None:
+        """Hold device voltages v (rows x cols, V_row - V_col) for `duration` seconds.
+
+        Written for a million devices: arithmetic masks instead of torch.where (several
+        times slower here), one exp and one expm1 per device."""
         if duration <= 0:
             return
-        mag = v_dev.abs()
-        if float(mag.max()) < V_FLOOR:
-            return
+        p, s, r = self.preset, self.preset.set, self.preset.reset
+        v = v.to(self.dtype)
+        mag = v.abs()
+        setf = v.sign().add_(1).mul_(0.5)      # 1 SET polarity, 0 RESET (0.5 at 0 V: no matter)
+        inv = torch.addcmul(self.inv_vc[1], setf, self._inv_vc_diff)
+        x = inv.mul_(mag).neg_().add_(1).clamp_(min=0).square_()
+        if s.barrier == r.barrier:
+            k = x.mul_(-s.barrier).exp_().mul_(setf * (s.rate - r.rate) + r.rate)
+        else:
+            k = setf * s.rate * torch.exp(-s.barrier * x) + (1 - setf) * r.rate * torch.exp(-r.barrier * x)
+        moved = k.mul_(-duration).expm1_().neg_().mul_(mag > 0)  # no voltage, no change
+        target = torch.addcmul(self.g_min, setf, self._span)
+        big = torch.nonzero(moved.view(-1) > SIGNIFICANT).squeeze(1) if float(moved.max()) > SIGNIFICANT \
+            else None
+        # devices that switch start a new drift epoch: their drift so far is realized first,
+        # and this stress's dose on them is dropped (the switching law is their response)
+        if big is not None:
+            self._realize(big)
+        self._add_dose(mag, setf, duration)
+        # sub-threshold switching: deterministic and non-volatile (far below read noise)
+        small = (target - self.g).mul_(moved).mul_(self.fault_factor)
+        if big is not None:
+            small.view(-1)[big] = 0.0
+        self.g += small
+        if big is not None:
+            self._switch(big, target.view(-1)[big], moved.view(-1)[big])
+        torch.clamp(self.g, self.g_min, self.g_max, out=self.g)
+        self.clock += duration
+
+    def _switch(self, idx: torch.Tensor, target: torch.Tensor, moved: torch.Tensor) -> None:
+        """Significant switching of the devices `idx` (flat), with noise and a volatile part.
+        It also starts a new drift epoch for them: their drift starts again from zero."""
         p = self.preset
-        set_ = v_dev > 0
-        k = torch.where(
-            set_,
-            self.rate_set * torch.exp((mag - self.v_set) / p.set.v_0),
-            self.rate_reset * torch.exp((mag - self.v_reset) / p.reset.v_0),
-        )
-        k = torch.where(mag < V_FLOOR, 0.0, k)
-        moved = -torch.expm1(-k * duration)
-        toward = torch.where(set_, self.g_max, self.g_min)
-        dg = (toward - self.g) * moved
-        c2c = 1 + p.cycle_noise * torch.randn(self.g.shape, generator=self.gen, dtype=self.g.dtype)
-        dg = dg * c2c.clamp(min=0) * self.fault_factor
-        self.g = torch.where(self.stuck, self.g, torch.minimum(torch.maximum(self.g + dg, self.g_min), self.g_max))
+        for plane in (self._dose, self._realized):
+            plane.view(2, -1)[:, idx] = 0.0
+        g = self.g.view(-1)
+        now = g[idx] + self._volatile(idx)
+        count = self._n_switch.view(-1)
+        c2c = 1 + p.cycle_noise * noise.keyed_normal(self.seed, noise.C2C, idx, count[idx], self.dtype)
+        count[idx] += 1
+        change = (target - now) * moved * c2c.clamp(min=0) * self.fault_factor.view(-1)[idx]
+        lo, hi = self.g_min.view(-1)[idx], self.g_max.view(-1)[idx]
+        change = torch.minimum(torch.maximum(now + change, lo), hi) - now
+        phi = p.relaxation.fraction
+        g[idx] += (1 - phi) * change
+        if phi:
+            self._add_volatile(idx, phi * change)
 
-    # --- observation --------------------------------------------------------------------
+    def _add_volatile(self, idx: torch.Tensor, change: torch.Tensor) -> None:
+        tau = self.preset.relaxation.tau
+        if (self.clock - self._vol_epoch) / tau > 30:  # re-base before the scale overflows
+            self._vol *= self._decay()
+            self._vol_epoch = self.clock
+        self._vol.view(-1)[idx] += change / self._decay()
 
-    def sample_conductance(self) -> torch.Tensor:
-        """The conductances one measurement sees: the true ones with fresh read noise."""
-        n = self.preset.read_noise
-        rel = torch.randn(self.g.shape, generator=self.gen, dtype=self.g.dtype)
-        ab = torch.randn(self.g.shape, generator=self.gen, dtype=self.g.dtype)
-        return self.g * (1 + n.relative * rel) + n.absolute * ab
+    def _add_dose(self, mag: torch.Tensor, setf: torch.Tensor, duration: float) -> None:
+        d = self.preset.drift
+        if not (d.set_rate or d.reset_rate or d.noise) or float(mag.max()) <= d.threshold:
+            return
+        dose = (mag - d.threshold).clamp_(min=0).mul_(self.sensitivity)
+        dose *= (duration / MICROSECOND) ** d.width_exponent
+        set_dose = dose * setf
+        self._dose[0] += set_dose
+        self._dose[1] += dose.sub_(set_dose)
+
+    def _drift(self, dose: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+        """Drift after collecting `dose` ([SET, RESET] x n) since the last switch (see
+        `device.Drift`)."""
+        d = self.preset.drift
+        total = dose[0] + dose[1]
+        mean = d.set_rate * dose[0] - d.reset_rate * dose[1]
+        if d.mean_exponent != 1:
+            mean = mean * torch.where(total > 0, total, 1.0) ** (d.mean_exponent - 1)
+        return mean + d.noise * zeta * total ** d.noise_exponent
+
+    def _zeta(self, idx: torch.Tensor) -> torch.Tensor:
+        """The random drift direction of each device's present epoch: mean 0, sd 1,
+        skewness -8 a^3 / (1 + 2 a^2) ** 1.5 for a = drift.skew."""
+        epoch = self._n_switch.view(-1)[idx]
+        z1 = noise.keyed_normal(self.seed, noise.DRIFT, idx, 2 * epoch, self.dtype)
+        a = self.preset.drift.skew
+        if not a:
+            return z1
+        z2 = noise.keyed_normal(self.seed, noise.DRIFT, idx, 2 * epoch + 1, self.dtype)
+        return (z1 - a * (z2 * z2 - 1)) / math.sqrt(1 + 2 * a * a)
+
+    def _realize(self, idx: torch.Tensor) -> None:
+        """Bring the conductance of devices `idx` (flat) up to date with their drift doses."""
+        dose = self._dose.view(2, -1)[:, idx]
+        done = self._realized.view(2, -1)[:, idx]
+        pending = (dose != done).any(dim=0) & (self.fault_factor.view(-1)[idx] != 0)
+        if not bool(pending.any()):
+            return
+        idx, dose, done = idx[pending], dose[:, pending], done[:, pending]
+        zeta = self._zeta(idx)
+        change = self._drift(dose, zeta) - self._drift(done, zeta)
+        g = self.g.view(-1)
+        g[idx] = torch.minimum(torch.maximum(g[idx] + change, self.g_min.view(-1)[idx]), self.g_max.view(-1)[idx])
+        self._realized.view(2, -1)[:, idx] = dose
+
+    def _realize_all(self) -> None:
+        self._realize(torch.arange(self.n_devices))
+
+    # --- observation ------------------------------------------------------------------------------
+
+    def sample(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Conductances as one measurement sees them: true values with fresh read noise.
+        `idx`: flat device indices (default: every device, returned as rows x cols)."""
+        if idx is None:
+            self._realize_all()
+            g = self.g + self._volatile()
+        else:
+            self._realize(idx)
+            g = self.g.view(-1)[idx] + self._volatile(idx)
+        r = self.preset.read
+        sd = torch.hypot(r.noise_relative * g, torch.tensor(r.noise_absolute, dtype=self.dtype))
+        return torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(sd).add_(g)
+
+    def program(self, requested: torch.Tensor) -> torch.Tensor:
+        """In-the-loop programming, abstracted from pulses: every device is asked to change by
+        `requested` (S) and changes by its fault factor times that, plus programming noise
+        (sd = program_noise * G / 3, clipped at +/- program_noise * G), within its bounds.
+        Returns the read-back conductances (one read of every device)."""
+        d = self.preset.program_noise
+        g = self.g
+        noise = torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d).mul_(g)
+        g.addcmul_(requested.to(self.dtype), self.fault_factor).add_(noise.mul_(self._responsive))
+        torch.clamp(g, self.g_min, self.g_max, out=g)
+        return self.sample()
 
     def read_noise_sd(self, g: float) -> float:
         """Standard deviation of one conductance reading of a device at conductance g."""
-        n = self.preset.read_noise
-        return math.hypot(n.relative * g, n.absolute)
+        r = self.preset.read
+        return math.hypot(r.noise_relative * g, r.noise_absolute)
 
-    @staticmethod
-    def device_voltages(v_rows: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
-        return v_rows[:, None] - v_cols[None, :]
+    def device_currents(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Current through each device (row to column) under device voltages v."""
+        return self.preset.read_current(g, v.to(g.dtype))
 
-    @staticmethod
-    def line_currents(g: torch.Tensor, v_rows: torch.Tensor, v_cols: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Current flowing from each row and each column line into the array (A)."""
-        i_dev = g * (v_rows[:, None] - v_cols[None, :])
-        return i_dev.sum(dim=1), -i_dev.sum(dim=0)
-
-    def solve_lines(self, v_rows: torch.Tensor, v_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Potentials of all lines given the driven ones (NaN marks a floating line).
-
-        Floating lines settle where no net current leaves them (Kirchhoff's current law with
-        the present conductances); driven lines keep their potentials.
-        """
-        floating = torch.cat([v_rows.isnan(), v_cols.isnan()])
-        if not bool(floating.any()):
-            return v_rows, v_cols
-        g = self.g
-        n_r, n_c = self.rows, self.cols
-        lap = torch.zeros(n_r + n_c, n_r + n_c, dtype=g.dtype)
-        lap[:n_r, :n_r] = torch.diag(g.sum(dim=1))
-        lap[n_r:, n_r:] = torch.diag(g.sum(dim=0))
-        lap[:n_r, n_r:] = -g
-        lap[n_r:, :n_r] = -g.T
-        lap += LEAK_TO_GROUND * torch.eye(n_r + n_c, dtype=g.dtype)
-        v = torch.cat([v_rows, v_cols]).clone()
-        known = ~floating
-        rhs = -lap[floating][:, known] @ v[known]
-        v[floating] = torch.linalg.solve(lap[floating][:, floating], rhs)
-        return v[:n_r], v[n_r:]
+    def flat_index(self, row: int, col: int) -> torch.Tensor:
+        return torch.tensor([row * self.cols + col])
