@@ -103,9 +103,10 @@ class InstrumentCrossbar(Crossbar):
         self.switch.disconnect(stale)  # break before make
         self.switch.connect(wanted)
 
-    def _read(self, row: int, col: int) -> Read:
+    def _read(self, row: int, col: int, v: float) -> Read:
+        self.limits.check_device_voltage(v, f"read of ({row}, {col}): ")
         self._route(row, col)
-        ch, v = self._ch, self.read_voltage
+        ch = self._ch
         try:
             m = self.source.measure_current(ch["sense"], levels={ch["drive"]: v})
         finally:

@@ -132,7 +132,7 @@ class Crossbar(ABC):
         self.recorders: list[Recorder] = []
 
     @abstractmethod
-    def _read(self, row: int, col: int) -> Read: ...
+    def _read(self, row: int, col: int, voltage: float) -> Read: ...
 
     @abstractmethod
     def _pulse(self, row: int, col: int, voltage: float, width: float, scheme: Scheme) -> Pulse: ...
@@ -149,9 +149,11 @@ class Crossbar(ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def read(self, row: int, col: int) -> Read:
+    def read(self, row: int, col: int, voltage: float | None = None) -> Read:
+        """Current through one device with `voltage` (default: the read voltage) across it,
+        every other line at 0 V; `conductance` is current / voltage."""
         self._check_device(row, col)
-        result = self._read(row, col)
+        result = self._read(row, col, self.read_voltage if voltage is None else voltage)
         self._record("read", asdict(result))
         return result
 
@@ -165,6 +167,19 @@ class Crossbar(ABC):
     def read_all(self) -> np.ndarray:
         """Conductance map (S), read row by row."""
         return np.array([[self.read(r, c).conductance for c in range(self.cols)] for r in range(self.rows)])
+
+    def vmm(self, volts: np.ndarray, rows: list[int], cols: list[int]) -> np.ndarray:
+        """Vector-matrix products on a tile: for each input vector (volts: n x len(cols)) the
+        current each of `rows` collects, held at 0 V, with `cols` driven. With every line
+        driven a device only sees its own column's voltage, so this default measures device
+        by device at the input voltages; backends that can drive all lines at once override it."""
+        volts = np.atleast_2d(volts)
+        out = np.zeros((len(volts), len(rows)))
+        for c, col in enumerate(cols):
+            for n, v in enumerate(volts[:, c]):
+                if v:
+                    out[n] += [self.read(row, col, float(v)).current for row in rows]
+        return out
 
     def tune(self, row: int, col: int, target: float, params: "TuneParams | None" = None) -> "TuneResult":
         from .write_verify import TuneParams, tune

@@ -19,15 +19,20 @@ from .interfaces import Crossbar, Scheme
 
 
 class TuneParams(BaseModel):
+    """The defaults suit 1 ms SMU pulses on TiO2 (switching near 0.85 V / -0.97 V): ramps
+    from +/-0.7 V, capped well before the half-select stress of a stuck device's ramp would
+    start to move its neighbours. For microsecond pulses start higher (the measured TiO2
+    campaign: 1.1 V to 2.1 V and -1.1 V to -2.4 V, see memlab.calibrate.MEASURED_TUNING)."""
+
     model_config = ConfigDict(extra="forbid")
 
     tolerance: float = Field(0.01, gt=0, lt=1, description="relative half-width of the target band")
     reads_to_accept: int = Field(10, ge=1, description="successive in-tolerance reads that end tuning")
     width: float = Field(1e-3, gt=0, description="pulse width (s)")
     set_start: float = Field(0.7, gt=0, description="first SET amplitude (V)")
-    set_stop: float = Field(2.0, gt=0, description="largest SET amplitude (V)")
+    set_stop: float = Field(1.5, gt=0, description="largest SET amplitude (V)")
     reset_start: float = Field(-0.7, lt=0, description="first RESET amplitude (V)")
-    reset_stop: float = Field(-2.4, lt=0, description="largest RESET amplitude (V), negative")
+    reset_stop: float = Field(-1.8, lt=0, description="largest RESET amplitude (V), negative")
     step: float = Field(0.02, gt=0, description="amplitude increment per pulse (V)")
     max_pulses: int = Field(400, ge=1)
     scheme: Scheme = Scheme.V3

@@ -115,8 +115,8 @@ def calibrate(preset: DevicePreset | str = "tio2-passive", arrays: int = 20, see
         }
     fit = fit_stuck()
     f = preset.faults
-    out["stuck"] = {"fit": fit, "preset": {"lrs_median": f.lrs_conductance.median, "lrs_sigma": f.lrs_conductance.sigma,
-                                         "hrs_low": f.hrs_conductance.low, "hrs_high": f.hrs_conductance.high}}
+    out["stuck"] = {"fit": fit, "preset": {"lrs": f.lrs_conductance.model_dump(exclude_none=True),
+                                         "hrs": f.hrs_conductance.model_dump(exclude_none=True)}}
     out["checks"] = checks(out)
     return out
 
@@ -133,6 +133,15 @@ def checks(result: dict) -> dict[str, bool]:
     for level, t in result["tuning_sigma_pct"].items():
         ok[f"sigma {level} uS"] = abs(t["sim"] - t["published"]) <= 0.25 * t["published"]
     return ok
+
+
+def _describe(d: dict) -> str:
+    us = {k: v * 1e6 for k, v in d.items() if k in ("mean", "sd", "median", "low", "high")}
+    if d["kind"] == "normal":
+        return f"normal {us['mean']:.0f} +/- {us['sd']:.0f} uS"
+    if d["kind"] == "lognormal":
+        return f"log-normal median {us['median']:.0f} uS, sigma {d['sigma']:.3f}"
+    return f"{d['kind']} {us['low']:.2f}-{us['high']:.1f} uS"
 
 
 def print_table(result: dict, out=sys.stdout) -> None:
@@ -152,12 +161,12 @@ def print_table(result: dict, out=sys.stdout) -> None:
     pre = result["stuck"]["preset"]
     pub = fit["published"]
     print("\nstuck devices on the measured dead crossbars (conductance)", file=out)
-    print(f"  LRS (< 2 kOhm, n={fit['lrs']['n']}): log-normal, median {fit['lrs']['median'] * 1e6:.0f} uS, "
-          f"sigma {fit['lrs']['sigma']:.3f}   preset: {pre['lrs_median'] * 1e6:.0f} uS, {pre['lrs_sigma']:.3f}   "
-          f"published: normal {pub['lrs_mean'] * 1e6:.0f} +/- {pub['lrs_sd'] * 1e6:.0f} uS", file=out)
-    print(f"  HRS (> 10 kOhm, n={fit['hrs']['n']}): log-uniform {fit['hrs']['low'] * 1e6:.2f}-"
-          f"{fit['hrs']['high'] * 1e6:.1f} uS   preset: {pre['hrs_low'] * 1e6:.2f}-{pre['hrs_high'] * 1e6:.1f} uS   "
-          f"published: uniform {pub['hrs_low'] * 1e6:.0f}-{pub['hrs_high'] * 1e6:.0f} uS", file=out)
+    print(f"  LRS (< 2 kOhm, n={fit['lrs']['n']}): all maps, log-normal median {fit['lrs']['median'] * 1e6:.0f} uS, "
+          f"sigma {fit['lrs']['sigma']:.3f}; published fit (the preset): normal {pub['lrs_mean'] * 1e6:.0f} +/- "
+          f"{pub['lrs_sd'] * 1e6:.0f} uS   preset: {_describe(pre['lrs'])}", file=out)
+    print(f"  HRS (> 10 kOhm, n={fit['hrs']['n']}): all maps, {fit['hrs']['low'] * 1e6:.2f}-"
+          f"{fit['hrs']['high'] * 1e6:.1f} uS; published fit (the preset): uniform {pub['hrs_low'] * 1e6:.0f}-"
+          f"{pub['hrs_high'] * 1e6:.0f} uS   preset: {_describe(pre['hrs'])}", file=out)
     failed = [name for name, good in result["checks"].items() if not good]
     print(f"\nacceptance: {'all figures within bounds' if not failed else 'OUT OF BOUNDS: ' + ', '.join(failed)}",
           file=out)

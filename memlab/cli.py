@@ -95,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     _store_and_json(demo)
     demo.set_defaults(func=cmd_demo)
 
+    rep = sub.add_parser("reproduce", help="reproduce a published result (moons, mat-mnist, fault-pruning, "
+                                           "bench-loop)")
+    rep.add_argument("name", choices=["moons", "mat-mnist", "fault-pruning", "bench-loop"])
+    rep.add_argument("--quick", action="store_true", help="a small, fast version (smoke test)")
+    _store_and_json(rep)
+    rep.set_defaults(func=cmd_reproduce)
+
+    train = sub.add_parser("train", help="run a training job file (memlab/jobs/*.yaml are shipped)")
+    train.add_argument("job", help="job YAML, or the name of a shipped job")
+    _store_and_json(train)
+    train.set_defaults(func=cmd_train)
+
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", type=Path, default=None)
     runs.set_defaults(func=cmd_runs)
@@ -283,6 +295,22 @@ def print_summary(s: dict) -> None:
 def _write_json(path: Path | None, summary: dict) -> None:
     if path:
         path.write_text(json.dumps(summary, indent=2))
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import run_reproduction
+
+    run_reproduction(args.name, RunStore(args.store or default_store()), quick=args.quick, json_path=args.json)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import load_job, run_job
+
+    summary = run_job(load_job(args.job), RunStore(args.store or default_store()))
+    print(f"run data: {summary['run_path']}")
+    _write_json(args.json, summary)
+    return 0
 
 
 def cmd_runs(args) -> int:

@@ -50,8 +50,8 @@ class SimulatedCrossbar(Crossbar):
     def bench_time(self) -> float:
         return self.array.clock
 
-    def _read(self, row: int, col: int) -> Read:
-        a, v, w = self.array, self.read_voltage, self.waveform
+    def _read(self, row: int, col: int, v: float) -> Read:
+        a, w = self.array, self.waveform
         # the read voltage is far below every switching and drift threshold: time only
         a.advance(w.overhead + w.read_time)
         if w.unselected == "grounded" and not (w.r_word or w.r_bit):
@@ -95,6 +95,17 @@ class SimulatedCrossbar(Crossbar):
                 self._hold(v_rows, v_cols, dwell)
         a.advance(self.waveform.overhead)
         return Pulse(row, col, voltage, width, str(scheme), float("nan"), False)
+
+    def vmm(self, volts: np.ndarray, rows: list[int], cols: list[int]) -> np.ndarray:
+        """All lines driven at once: one read-noise draw per device, the devices' I-V."""
+        a = self.array
+        volts = np.atleast_2d(volts)
+        idx = torch.tensor([r * self.cols + c for r in rows for c in cols])
+        a.advance(self.waveform.overhead + self.waveform.read_time)
+        g = a.sample(idx).view(len(rows), len(cols))
+        f = a.preset.read_current(torch.ones((), dtype=a.dtype), torch.as_tensor(volts, dtype=a.dtype))
+        self._record("vmm", {"rows": len(rows), "cols": len(cols), "vectors": len(volts)})
+        return (f @ g.T).numpy()
 
     def _hold(self, v_rows: torch.Tensor, v_cols: torch.Tensor, duration: float) -> None:
         a, w = self.array, self.waveform

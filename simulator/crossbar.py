@@ -29,6 +29,13 @@ SIGNIFICANT = 1e-4
 MICROSECOND = 1e-6
 
 
+def _at(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Flat elements idx of t. index_select, not t[idx]: advanced indexing costs 30-50 times
+    more here with two threads, and a pulse on one device per crossbar of a batch is all
+    gathers and scatters."""
+    return t.view(-1).index_select(0, idx)
+
+
 class CrossbarArray:
     """A rows x cols array of devices drawn from a preset with a seed."""
 
@@ -61,8 +68,8 @@ class CrossbarArray:
         stuck_lrs = u < f.stuck_lrs
         stuck_hrs = (u >= f.stuck_lrs) & (u < f.stuck_lrs + f.stuck_hrs)
         discordant = (u >= f.stuck_lrs + f.stuck_hrs) & (u < f.stuck_lrs + f.stuck_hrs + f.discordant)
-        lrs = f.lrs_conductance.median * torch.exp(f.lrs_conductance.sigma * normal())
-        hrs = torch.exp(uniform(math.log(f.hrs_conductance.low), math.log(f.hrs_conductance.high)))
+        lrs = f.lrs_conductance.sample(normal(), uniform())
+        hrs = f.hrs_conductance.sample(normal(), uniform())
         c, d = f.concordant_factor, f.discordant_factor
         factor = torch.where(discordant, normal(d.mean, d.sd).clamp(d.low, d.high),
                              normal(c.mean, c.sd).clamp(c.low, c.high))
@@ -89,6 +96,7 @@ class CrossbarArray:
         # already turned into conductance change
         self._dose = torch.zeros((2, *shape), **t)       # [SET polarity, RESET polarity]
         self._realized = torch.zeros((2, *shape), **t)
+        self._dosed = False                  # no dose yet: nothing to realize anywhere
         self._n_switch = torch.zeros(shape, dtype=torch.int64)
         # read and programming noise need no agreement between simulations: an ordinary
         # seeded stream, much faster than the counter-based draws
@@ -127,7 +135,7 @@ class CrossbarArray:
         return math.exp(-(self.clock - self._vol_epoch) / self.preset.relaxation.tau)
 
     def _volatile(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        vol = self._vol if idx is None else self._vol.view(-1)[idx]
+        vol = self._vol if idx is None else _at(self._vol, idx)
         return vol * self._decay()
 
     # --- state change ---------------------------------------------------------------------------
@@ -144,51 +152,77 @@ class CrossbarArray:
         times slower here), one exp and one expm1 per device."""
         if duration <= 0:
             return
-        p, s, r = self.preset, self.preset.set, self.preset.reset
-        v = v.to(self.dtype)
-        mag = v.abs()
-        setf = v.sign().add_(1).mul_(0.5)      # 1 SET polarity, 0 RESET (0.5 at 0 V: no matter)
-        inv = torch.addcmul(self.inv_vc[1], setf, self._inv_vc_diff)
-        x = inv.mul_(mag).neg_().add_(1).clamp_(min=0).square_()
-        if s.barrier == r.barrier:
-            k = x.mul_(-s.barrier).exp_().mul_(setf * (s.rate - r.rate) + r.rate)
-        else:
-            k = setf * s.rate * torch.exp(-s.barrier * x) + (1 - setf) * r.rate * torch.exp(-r.barrier * x)
-        moved = k.mul_(-duration).expm1_().neg_().mul_(mag > 0)  # no voltage, no change
-        target = torch.addcmul(self.g_min, setf, self._span)
-        big = torch.nonzero(moved.view(-1) > SIGNIFICANT).squeeze(1) if float(moved.max()) > SIGNIFICANT \
-            else None
+        v = v.to(self.dtype).reshape(-1)
+        moved, setf, mag = self._moved(v, self.inv_vc[1].view(-1), self._inv_vc_diff.view(-1), duration)
+        target = torch.addcmul(self.g_min.view(-1), setf, self._span.view(-1))
+        big = torch.nonzero(moved > SIGNIFICANT).squeeze(1) if float(moved.max()) > SIGNIFICANT else None
         # devices that switch start a new drift epoch: their drift so far is realized first,
         # and this stress's dose on them is dropped (the switching law is their response)
         if big is not None:
             self._realize(big)
         self._add_dose(mag, setf, duration)
         # sub-threshold switching: deterministic and non-volatile (far below read noise)
-        small = (target - self.g).mul_(moved).mul_(self.fault_factor)
+        g = self.g.view(-1)
+        small = (target - g).mul_(moved).mul_(self.fault_factor.view(-1))
         if big is not None:
-            small.view(-1)[big] = 0.0
-        self.g += small
+            small.index_fill_(0, big, 0.0)
+        g += small
         if big is not None:
-            self._switch(big, target.view(-1)[big], moved.view(-1)[big])
+            self._switch(big, target.index_select(0, big), moved.index_select(0, big))
         torch.clamp(self.g, self.g_min, self.g_max, out=self.g)
         self.clock += duration
+
+    def apply_to(self, idx: torch.Tensor, v: torch.Tensor, duration: float) -> None:
+        """Voltages v on the devices idx (flat) only, for `duration` seconds; every other
+        device sees nothing. The same law as `apply`, for a few devices of a large array."""
+        if duration <= 0 or not len(idx):
+            return
+        v = v.to(self.dtype)
+        moved, setf, mag = self._moved(v, _at(self.inv_vc[1], idx), _at(self._inv_vc_diff, idx), duration)
+        target = _at(self.g_min, idx) + setf * _at(self._span, idx)
+        significant = moved > SIGNIFICANT
+        chosen = torch.nonzero(significant).squeeze(1)
+        big = idx.index_select(0, chosen)
+        if len(big):
+            self._realize(big)
+        self._add_dose(mag, setf, duration, idx)
+        g = self.g.view(-1)
+        small = (target - _at(g, idx)) * moved * _at(self.fault_factor, idx)
+        g.index_add_(0, idx, small.masked_fill_(significant, 0.0))
+        if len(big):
+            self._switch(big, target.index_select(0, chosen), moved.index_select(0, chosen))
+        g.index_copy_(0, idx, torch.minimum(torch.maximum(_at(g, idx), _at(self.g_min, idx)), _at(self.g_max, idx)))
+        self.clock += duration
+
+    def _moved(self, v: torch.Tensor, inv_reset: torch.Tensor, inv_diff: torch.Tensor, duration: float):
+        """Fraction of the way to its bound each device moves under v for `duration`, with
+        the SET-polarity indicator and |v| (flat tensors)."""
+        s, r = self.preset.set, self.preset.reset
+        mag = v.abs()
+        setf = v.sign().add_(1).mul_(0.5)      # 1 SET polarity, 0 RESET (0.5 at 0 V: no matter)
+        x = torch.addcmul(inv_reset, setf, inv_diff).mul_(mag).neg_().add_(1).clamp_(min=0).square_()
+        if s.barrier == r.barrier:
+            k = x.mul_(-s.barrier).exp_().mul_(setf * (s.rate - r.rate) + r.rate)
+        else:
+            k = setf * s.rate * torch.exp(-s.barrier * x) + (1 - setf) * r.rate * torch.exp(-r.barrier * x)
+        return k.mul_(-duration).expm1_().neg_().mul_(mag > 0), setf, mag  # no voltage, no change
 
     def _switch(self, idx: torch.Tensor, target: torch.Tensor, moved: torch.Tensor) -> None:
         """Significant switching of the devices `idx` (flat), with noise and a volatile part.
         It also starts a new drift epoch for them: their drift starts again from zero."""
         p = self.preset
         for plane in (self._dose, self._realized):
-            plane.view(2, -1)[:, idx] = 0.0
+            plane.view(2, -1).index_fill_(1, idx, 0.0)
         g = self.g.view(-1)
-        now = g[idx] + self._volatile(idx)
+        now = _at(g, idx) + self._volatile(idx)
         count = self._n_switch.view(-1)
-        c2c = 1 + p.cycle_noise * noise.keyed_normal(self.seed, noise.C2C, idx, count[idx], self.dtype)
-        count[idx] += 1
-        change = (target - now) * moved * c2c.clamp(min=0) * self.fault_factor.view(-1)[idx]
-        lo, hi = self.g_min.view(-1)[idx], self.g_max.view(-1)[idx]
+        c2c = 1 + p.cycle_noise * noise.keyed_normal(self.seed, noise.C2C, idx, _at(count, idx), self.dtype)
+        count.index_add_(0, idx, torch.ones_like(idx))
+        change = (target - now) * moved * c2c.clamp(min=0) * _at(self.fault_factor, idx)
+        lo, hi = _at(self.g_min, idx), _at(self.g_max, idx)
         change = torch.minimum(torch.maximum(now + change, lo), hi) - now
         phi = p.relaxation.fraction
-        g[idx] += (1 - phi) * change
+        g.index_add_(0, idx, (1 - phi) * change)
         if phi:
             self._add_volatile(idx, phi * change)
 
@@ -197,17 +231,36 @@ class CrossbarArray:
         if (self.clock - self._vol_epoch) / tau > 30:  # re-base before the scale overflows
             self._vol *= self._decay()
             self._vol_epoch = self.clock
-        self._vol.view(-1)[idx] += change / self._decay()
+        self._vol.view(-1).index_add_(0, idx, change / self._decay())
 
-    def _add_dose(self, mag: torch.Tensor, setf: torch.Tensor, duration: float) -> None:
+    def _add_dose(self, mag: torch.Tensor, setf: torch.Tensor, duration: float,
+                  idx: torch.Tensor | None = None) -> None:
+        """Drift dose of a stress (flat |v| and SET indicator, for every device or for idx)."""
         d = self.preset.drift
         if not (d.set_rate or d.reset_rate or d.noise) or float(mag.max()) <= d.threshold:
             return
-        dose = (mag - d.threshold).clamp_(min=0).mul_(self.sensitivity)
+        s = self.sensitivity.view(-1) if idx is None else _at(self.sensitivity, idx)
+        dose = (mag - d.threshold).clamp_(min=0).mul_(s)
         dose *= (duration / MICROSECOND) ** d.width_exponent
         set_dose = dose * setf
-        self._dose[0] += set_dose
-        self._dose[1] += dose.sub_(set_dose)
+        self.add_dose(set_dose, dose.sub_(set_dose), idx, sensitivity_included=True)
+
+    def add_dose(self, set_dose: torch.Tensor, reset_dose: torch.Tensor, idx: torch.Tensor | None = None,
+                 *, sensitivity_included: bool = False) -> None:
+        """Add drift doses of each polarity (flat, for every device or for idx). Without
+        `sensitivity_included` they are raw doses, scaled here by each device's sensitivity:
+        for callers that account for many half-select pulses at once."""
+        planes = self._dose.view(2, -1)
+        self._dosed = True
+        if not sensitivity_included:
+            s = self.sensitivity.view(-1) if idx is None else _at(self.sensitivity, idx)
+            set_dose, reset_dose = set_dose * s, reset_dose * s
+        if idx is None:
+            planes[0] += set_dose
+            planes[1] += reset_dose
+        else:
+            planes[0].index_add_(0, idx, set_dose)
+            planes[1].index_add_(0, idx, reset_dose)
 
     def _drift(self, dose: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
         """Drift after collecting `dose` ([SET, RESET] x n) since the last switch (see
@@ -222,7 +275,7 @@ class CrossbarArray:
     def _zeta(self, idx: torch.Tensor) -> torch.Tensor:
         """The random drift direction of each device's present epoch: mean 0, sd 1,
         skewness -8 a^3 / (1 + 2 a^2) ** 1.5 for a = drift.skew."""
-        epoch = self._n_switch.view(-1)[idx]
+        epoch = _at(self._n_switch, idx)
         z1 = noise.keyed_normal(self.seed, noise.DRIFT, idx, 2 * epoch, self.dtype)
         a = self.preset.drift.skew
         if not a:
@@ -232,42 +285,60 @@ class CrossbarArray:
 
     def _realize(self, idx: torch.Tensor) -> None:
         """Bring the conductance of devices `idx` (flat) up to date with their drift doses."""
-        dose = self._dose.view(2, -1)[:, idx]
-        done = self._realized.view(2, -1)[:, idx]
-        pending = (dose != done).any(dim=0) & (self.fault_factor.view(-1)[idx] != 0)
+        if not self._dosed:
+            return
+        dose = self._dose.view(2, -1).index_select(1, idx)
+        done = self._realized.view(2, -1).index_select(1, idx)
+        pending = (dose != done).any(dim=0) & (_at(self.fault_factor, idx) != 0)
         if not bool(pending.any()):
             return
-        idx, dose, done = idx[pending], dose[:, pending], done[:, pending]
+        keep = torch.nonzero(pending).squeeze(1)
+        idx, dose, done = idx.index_select(0, keep), dose.index_select(1, keep), done.index_select(1, keep)
         zeta = self._zeta(idx)
         change = self._drift(dose, zeta) - self._drift(done, zeta)
         g = self.g.view(-1)
-        g[idx] = torch.minimum(torch.maximum(g[idx] + change, self.g_min.view(-1)[idx]), self.g_max.view(-1)[idx])
-        self._realized.view(2, -1)[:, idx] = dose
+        g.index_copy_(0, idx, torch.minimum(torch.maximum(_at(g, idx) + change, _at(self.g_min, idx)), _at(self.g_max, idx)))
+        self._realized.view(2, -1).index_copy_(1, idx, dose)
 
     def _realize_all(self) -> None:
         self._realize(torch.arange(self.n_devices))
 
     # --- observation ------------------------------------------------------------------------------
 
-    def sample(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, idx: torch.Tensor | None = None, reads: int | None = None) -> torch.Tensor:
         """Conductances as one measurement sees them: true values with fresh read noise.
-        `idx`: flat device indices (default: every device, returned as rows x cols)."""
+        `idx`: flat device indices (default: every device, returned as rows x cols).
+        `reads`: that many successive reads of each (stacked first), nothing changing between."""
         if idx is None:
             self._realize_all()
             g = self.g + self._volatile()
         else:
             self._realize(idx)
-            g = self.g.view(-1)[idx] + self._volatile(idx)
+            g = _at(self.g, idx) + self._volatile(idx)
         r = self.preset.read
+        shape = g.shape if reads is None else (reads, *g.shape)
+        if not (r.noise_relative or r.noise_absolute):   # a noiseless read (fault-pruning preset)
+            return g.expand(shape).clone()
         sd = torch.hypot(r.noise_relative * g, torch.tensor(r.noise_absolute, dtype=self.dtype))
-        return torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(sd).add_(g)
+        return torch.randn(shape, generator=self._gen, dtype=self.dtype).mul_(sd).add_(g)
 
-    def program(self, requested: torch.Tensor) -> torch.Tensor:
+    def program(self, requested: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """In-the-loop programming, abstracted from pulses: every device is asked to change by
         `requested` (S) and changes by its fault factor times that, plus programming noise
         (sd = program_noise * G / 3, clipped at +/- program_noise * G), within its bounds.
-        Returns the read-back conductances (one read of every device)."""
+        Returns the read-back conductances (one read of every device).
+
+        With `idx` (flat device indices), only those devices are programmed and read back:
+        `requested` and the result are vectors aligned with `idx`; the others are untouched."""
         d = self.preset.program_noise
+        if idx is not None:
+            g = self.g.view(-1)
+            now = _at(g, idx)
+            noise = torch.randn(now.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d)
+            new = now + requested.to(self.dtype) * _at(self.fault_factor, idx) \
+                + noise.mul_(now).mul_(_at(self._responsive, idx))
+            g.index_copy_(0, idx, torch.minimum(torch.maximum(new, _at(self.g_min, idx)), _at(self.g_max, idx)))
+            return self.sample(idx)
         g = self.g
         noise = torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d).mul_(g)
         g.addcmul_(requested.to(self.dtype), self.fault_factor).add_(noise.mul_(self._responsive))

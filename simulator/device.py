@@ -109,14 +109,47 @@ class FactorDistribution(_Model):
         return self
 
 
-class LogNormal(_Model):
-    median: float = Field(gt=0, description="median conductance (S)")
-    sigma: float = Field(ge=0, description="sd of ln(G)")
+class Distribution(_Model):
+    """A conductance distribution (S): normal (mean, sd), log-normal (median, sigma of ln G),
+    uniform or log-uniform (low, high). Without `kind`, the fields given decide (low/high
+    alone means log-uniform)."""
 
+    kind: Literal["normal", "lognormal", "uniform", "loguniform"]
+    mean: float | None = None
+    sd: float | None = Field(None, ge=0)
+    median: float | None = Field(None, gt=0)
+    sigma: float | None = Field(None, ge=0)
+    low: float | None = Field(None, gt=0)
+    high: float | None = Field(None, gt=0)
 
-class LogUniform(_Model):
-    low: float = Field(gt=0, description="S")
-    high: float = Field(gt=0, description="S")
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_kind(cls, data):
+        if isinstance(data, dict) and "kind" not in data:
+            kind = "normal" if "mean" in data else "lognormal" if "median" in data else "loguniform"
+            data = {**data, "kind": kind}
+        return data
+
+    @model_validator(mode="after")
+    def _fields(self) -> "Distribution":
+        need = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"),
+                "uniform": ("low", "high"), "loguniform": ("low", "high")}[self.kind]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} distribution needs {', '.join(missing)}")
+        if self.kind.endswith("uniform") and self.low > self.high:
+            raise ValueError("low must not exceed high")
+        return self
+
+    def sample(self, normal, uniform):
+        """Draws from standard-normal and standard-uniform tensors of the wanted shape."""
+        if self.kind == "normal":
+            return (self.mean + self.sd * normal).clamp(min=1e-12)
+        if self.kind == "lognormal":
+            return self.median * (self.sigma * normal).exp()
+        if self.kind == "uniform":
+            return self.low + (self.high - self.low) * uniform
+        return (math.log(self.low) + (math.log(self.high) - math.log(self.low)) * uniform).exp()
 
 
 class Faults(_Model):
@@ -127,8 +160,8 @@ class Faults(_Model):
     discordant: float = Field(0.0, ge=0, le=1, description="fraction whose response has the wrong sign")
     concordant_factor: FactorDistribution = FactorDistribution(mean=1, sd=0.0, low=0.1, high=2)
     discordant_factor: FactorDistribution = FactorDistribution(mean=-1, sd=0.5, low=-2, high=-0.1)
-    lrs_conductance: LogNormal = LogNormal(median=1.4e-3, sigma=0.5)
-    hrs_conductance: LogUniform = LogUniform(low=3.8e-7, high=6.3e-5)
+    lrs_conductance: Distribution = Distribution(kind="normal", mean=573e-6, sd=99e-6)
+    hrs_conductance: Distribution = Distribution(kind="uniform", low=10e-6, high=100e-6)
 
     @model_validator(mode="after")
     def _fractions(self) -> "Faults":
