@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test reproduce benchmarks setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the full published reproductions (slow-marked tests: about 4 minutes on 2 cores)
+reproduce: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/simulator.py
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) memlab-runs

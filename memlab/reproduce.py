@@ -3,6 +3,7 @@ published table, stored as a run (summary, JSON, plots) in the run store."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import sys
@@ -71,6 +72,8 @@ def run_reproduction(name: str, store: RunStore, *, quick: bool = False, json_pa
     if name == "bench-loop":
         kwargs.setdefault("store", str(store.root))
     with store.start_run(f"reproduce-{name}", params={"name": name, "quick": quick, **kwargs}) as run:
+        if "out_dir" in inspect.signature(rep.run).parameters:
+            kwargs.setdefault("out_dir", run.path)
         result = rep.run(**kwargs)
         text = io.StringIO()
         rep.show(result, out=text)

@@ -59,14 +59,15 @@ def run_job(job: TrainJob, store: RunStore) -> dict:
     runner = {"noise_injection": _noise_injection, "hardware_aware": _hardware_aware,
               "in_the_loop": _in_the_loop}[job.method]
     with store.start_run(f"train-{job.method.replace('_', '-')}", params=job.model_dump()) as run:
-        summary = runner(job, run.path)
+        summary = runner(job, run)
         summary["run_path"] = str(run.path)
         run.set_summary(summary)
         (run.path / "result.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def _noise_injection(job: TrainJob, path: Path) -> dict:
+def _noise_injection(job: TrainJob, run) -> dict:
+    path = run.path
     import torch
 
     from .datasets import load_mnist
@@ -87,7 +88,8 @@ def _noise_injection(job: TrainJob, path: Path) -> dict:
     return {"accuracy_by_noise_pct": table}
 
 
-def _hardware_aware(job: TrainJob, path: Path) -> dict:
+def _hardware_aware(job: TrainJob, run) -> dict:
+    path = run.path
     import torch
 
     from simulator.device import load_preset
@@ -117,12 +119,16 @@ def _hardware_aware(job: TrainJob, path: Path) -> dict:
     return {kind: result[kind], "software_accuracy": sw, "transfers": job.evaluate.transfers}
 
 
-def _in_the_loop(job: TrainJob, path: Path) -> dict:
+def _in_the_loop(job: TrainJob, run) -> dict:
+    path = run.path
     from .datasets import load_mnist
     from .training.in_the_loop import InLoopConfig, plot_connectivity, plot_training_curves, train_in_the_loop
 
     config = InLoopConfig.model_validate({"seed": job.seed, **job.config})
     model, history = train_in_the_loop(config, load_mnist(), log_every=1)
+    for epoch, maps in enumerate(history.removed):       # the pruned map of every epoch
+        for layer, removed in enumerate(maps):
+            run.save_array(f"removed_epoch{epoch + 1:03d}_layer{layer}", removed)
     plot_connectivity(history, path / "connectivity.png")
     plot_training_curves({config.mode: history}, path / "training.png")
     print(f"final test accuracy {history.final_accuracy:.2f} %, connectivity {100 * history.connectivity[-1]:.1f} %")

@@ -29,6 +29,17 @@ SIGNIFICANT = 1e-4
 MICROSECOND = 1e-6
 
 
+class _P:
+    """Rows of CrossbarArray._static."""
+    INV_RESET, INV_DIFF, G_MIN, SPAN, G_MAX, FAULT, SENS, RESP = range(8)
+
+    def __len__(self) -> int:
+        return 8
+
+
+_P = _P()
+
+
 def _at(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Flat elements idx of t. index_select, not t[idx]: advanced indexing costs 30-50 times
     more here with two threads, and a pulse on one device per crossbar of a batch is all
@@ -82,13 +93,13 @@ class CrossbarArray:
 
         t = dict(dtype=dtype)
         self.g = g.to(**t)                  # stable part of the conductance (S)
-        self.g_min, self.g_max = g_min.to(**t), g_max.to(**t)
-        self.inv_vc = torch.stack([inv_set, inv_reset]).to(**t)   # [SET, RESET]
-        self._inv_vc_diff = self.inv_vc[0] - self.inv_vc[1]
-        self._span = self.g_max - self.g_min
-        self.sensitivity = sensitivity.to(**t)
-        self.fault_factor = factor.to(**t)
-        self._responsive = (factor != 0).to(**t)
+        # the per-device constants, one row each of one block, so that a single gather
+        # fetches them all for the few devices a step touches (see _params)
+        self._static = torch.stack([inv_reset, inv_set - inv_reset, g_min, g_max - g_min, g_max, factor,
+                                    sensitivity, (factor != 0).to(torch.float64)]).to(**t).reshape(len(_P), -1)
+        view = lambda k: self._static[k].view(shape)  # noqa: E731
+        self.g_min, self._span, self.g_max = view(_P.G_MIN), view(_P.SPAN), view(_P.G_MAX)
+        self.fault_factor, self.sensitivity, self._responsive = view(_P.FAULT), view(_P.SENS), view(_P.RESP)
         self.stuck_lrs, self.stuck_hrs, self.discordant = stuck_lrs, stuck_hrs, discordant
         self._vol = torch.zeros(shape, **t)   # volatile part, scaled to the epoch
         self._vol_epoch = 0.0
@@ -114,8 +125,7 @@ class CrossbarArray:
         return self.rows * self.cols
 
     def bytes_per_device(self) -> float:
-        tensors = [self.g, self.g_min, self.g_max, self._span, self.inv_vc, self._inv_vc_diff, self.sensitivity,
-                   self.fault_factor, self._vol, self._dose, self._realized, self._n_switch,
+        tensors = [self.g, self._static, self._vol, self._dose, self._realized, self._n_switch,
                    self.stuck_lrs, self.stuck_hrs, self.discordant]
         return sum(t.element_size() * t.numel() for t in tensors) / self.n_devices
 
@@ -153,7 +163,7 @@ class CrossbarArray:
         if duration <= 0:
             return
         v = v.to(self.dtype).reshape(-1)
-        moved, setf, mag = self._moved(v, self.inv_vc[1].view(-1), self._inv_vc_diff.view(-1), duration)
+        moved, setf, mag = self._moved(v, self._static[_P.INV_RESET], self._static[_P.INV_DIFF], duration)
         target = torch.addcmul(self.g_min.view(-1), setf, self._span.view(-1))
         big = torch.nonzero(moved > SIGNIFICANT).squeeze(1) if float(moved.max()) > SIGNIFICANT else None
         # devices that switch start a new drift epoch: their drift so far is realized first,
@@ -178,20 +188,23 @@ class CrossbarArray:
         if duration <= 0 or not len(idx):
             return
         v = v.to(self.dtype)
-        moved, setf, mag = self._moved(v, _at(self.inv_vc[1], idx), _at(self._inv_vc_diff, idx), duration)
-        target = _at(self.g_min, idx) + setf * _at(self._span, idx)
+        p = self._static.index_select(1, idx)
+        moved, setf, mag = self._moved(v, p[_P.INV_RESET], p[_P.INV_DIFF], duration)
+        target = p[_P.G_MIN] + setf * p[_P.SPAN]
         significant = moved > SIGNIFICANT
         chosen = torch.nonzero(significant).squeeze(1)
         big = idx.index_select(0, chosen)
         if len(big):
             self._realize(big)
-        self._add_dose(mag, setf, duration, idx)
+        self._add_dose(mag, setf, duration, idx, p[_P.SENS])
         g = self.g.view(-1)
-        small = (target - _at(g, idx)) * moved * _at(self.fault_factor, idx)
-        g.index_add_(0, idx, small.masked_fill_(significant, 0.0))
+        now = _at(g, idx)
+        small = (target - now) * moved * p[_P.FAULT]
+        g.index_copy_(0, idx, torch.minimum(torch.maximum(now + small.masked_fill_(significant, 0.0), p[_P.G_MIN]),
+                                            p[_P.G_MAX]))
         if len(big):
-            self._switch(big, target.index_select(0, chosen), moved.index_select(0, chosen))
-        g.index_copy_(0, idx, torch.minimum(torch.maximum(_at(g, idx), _at(self.g_min, idx)), _at(self.g_max, idx)))
+            self._switch(big, target.index_select(0, chosen), moved.index_select(0, chosen),
+                         p.index_select(1, chosen))
         self.clock += duration
 
     def _moved(self, v: torch.Tensor, inv_reset: torch.Tensor, inv_diff: torch.Tensor, duration: float):
@@ -207,10 +220,13 @@ class CrossbarArray:
             k = setf * s.rate * torch.exp(-s.barrier * x) + (1 - setf) * r.rate * torch.exp(-r.barrier * x)
         return k.mul_(-duration).expm1_().neg_().mul_(mag > 0), setf, mag  # no voltage, no change
 
-    def _switch(self, idx: torch.Tensor, target: torch.Tensor, moved: torch.Tensor) -> None:
-        """Significant switching of the devices `idx` (flat), with noise and a volatile part.
-        It also starts a new drift epoch for them: their drift starts again from zero."""
+    def _switch(self, idx: torch.Tensor, target: torch.Tensor, moved: torch.Tensor,
+                params: torch.Tensor | None = None) -> None:
+        """Significant switching of the devices `idx` (flat), with noise and a volatile part
+        (`params`: their columns of _static, if already gathered). It also starts a new
+        drift epoch for them: their drift starts again from zero."""
         p = self.preset
+        q = self._static.index_select(1, idx) if params is None else params
         for plane in (self._dose, self._realized):
             plane.view(2, -1).index_fill_(1, idx, 0.0)
         g = self.g.view(-1)
@@ -218,9 +234,8 @@ class CrossbarArray:
         count = self._n_switch.view(-1)
         c2c = 1 + p.cycle_noise * noise.keyed_normal(self.seed, noise.C2C, idx, _at(count, idx), self.dtype)
         count.index_add_(0, idx, torch.ones_like(idx))
-        change = (target - now) * moved * c2c.clamp(min=0) * _at(self.fault_factor, idx)
-        lo, hi = _at(self.g_min, idx), _at(self.g_max, idx)
-        change = torch.minimum(torch.maximum(now + change, lo), hi) - now
+        change = (target - now) * moved * c2c.clamp(min=0) * q[_P.FAULT]
+        change = torch.minimum(torch.maximum(now + change, q[_P.G_MIN]), q[_P.G_MAX]) - now
         phi = p.relaxation.fraction
         g.index_add_(0, idx, (1 - phi) * change)
         if phi:
@@ -234,12 +249,13 @@ class CrossbarArray:
         self._vol.view(-1).index_add_(0, idx, change / self._decay())
 
     def _add_dose(self, mag: torch.Tensor, setf: torch.Tensor, duration: float,
-                  idx: torch.Tensor | None = None) -> None:
+                  idx: torch.Tensor | None = None, sensitivity: torch.Tensor | None = None) -> None:
         """Drift dose of a stress (flat |v| and SET indicator, for every device or for idx)."""
         d = self.preset.drift
         if not (d.set_rate or d.reset_rate or d.noise) or float(mag.max()) <= d.threshold:
             return
-        s = self.sensitivity.view(-1) if idx is None else _at(self.sensitivity, idx)
+        s = sensitivity if sensitivity is not None else \
+            self.sensitivity.view(-1) if idx is None else _at(self.sensitivity, idx)
         dose = (mag - d.threshold).clamp_(min=0).mul_(s)
         dose *= (duration / MICROSECOND) ** d.width_exponent
         set_dose = dose * setf
@@ -333,11 +349,10 @@ class CrossbarArray:
         d = self.preset.program_noise
         if idx is not None:
             g = self.g.view(-1)
-            now = _at(g, idx)
+            now, q = _at(g, idx), self._static.index_select(1, idx)
             noise = torch.randn(now.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d)
-            new = now + requested.to(self.dtype) * _at(self.fault_factor, idx) \
-                + noise.mul_(now).mul_(_at(self._responsive, idx))
-            g.index_copy_(0, idx, torch.minimum(torch.maximum(new, _at(self.g_min, idx)), _at(self.g_max, idx)))
+            new = now + requested.to(self.dtype) * q[_P.FAULT] + noise.mul_(now).mul_(q[_P.RESP])
+            g.index_copy_(0, idx, torch.minimum(torch.maximum(new, q[_P.G_MIN]), q[_P.G_MAX]))
             return self.sample(idx)
         g = self.g
         noise = torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d).mul_(g)

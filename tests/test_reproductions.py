@@ -99,3 +99,17 @@ def test_bench_loop_full(tmp_path):
     assert main(["reproduce", "bench-loop", "--json", str(out), "--store", str(tmp_path)]) == 0
     r = json.loads(out.read_text())
     assert r["in_the_loop_accuracy"] > 75 and r["operations"] > 1000
+
+
+def test_train_in_the_loop_job_keeps_the_pruned_map_of_every_epoch(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("method: in_the_loop\nconfig: {mode: prune, epochs: 2}\n")
+    assert main(["train", str(job), "--store", str(tmp_path / "runs")]) == 0
+    store = RunStore(tmp_path / "runs")
+    (run,) = store.runs()
+    stored = store.get_run(run["id"])
+    names = sorted(p.stem for p in stored.path.glob("removed_epoch*.npy"))
+    assert names == [f"removed_epoch{e:03d}_layer{k}" for e in (1, 2) for k in (0, 1)]
+    maps = [stored.load_array(n) for n in names]
+    assert maps[0].shape == (784, 128) and maps[0].dtype == bool
+    assert (stored.path / "connectivity.png").stat().st_size > 0

@@ -29,7 +29,7 @@ from .transfer import CrossbarNetwork, program_tiles
 
 COLUMNS = ("100", "95", "90", "80")
 PUBLISHED = {"hardware_aware": {"95": 79.5}, "regular": {"95": 18.5}}
-CHUNK = 2500  # transfers per worker task; results do not depend on the number of workers
+CHUNK = 5000  # transfers per worker task; results do not depend on the number of workers
 # The regular network is trained to convergence (100 % of the test points in software):
 # with the hardware-aware settings (lr 0.01, 100 epochs) it would stop at a near-linear
 # boundary, which is not what regular training of this network gives.

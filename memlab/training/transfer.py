@@ -41,28 +41,37 @@ def program_tiles(preset: DevicePreset, targets: list[torch.Tensor], batch: int,
                   tune: TuneParams, waveform: Waveform = Waveform(), order: Order = "column-major",
                   dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], list[ProgrammingStats]]:
     """Program each target tile (rows x cols, S) on `batch` freshly drawn crossbars; returns
-    the true conductances afterwards, (batch, rows, cols) per tile, and statistics."""
-    out, stats = [], []
-    for k, tile in enumerate(targets):
-        rows, cols = tile.shape
-        array = CrossbarArray(batch * rows, cols, preset, seed=seed * 7919 + k, dtype=dtype)
-        pulses, failed = _program_tile(array, tile.to(dtype), tune, waveform, order)
-        out.append(array.conductance().view(batch, rows, cols))
-        stats.append(ProgrammingStats(pulses, failed, array.clock))
+    the true conductances afterwards, (batch, rows, cols) per tile, and statistics. Tiles of
+    one shape (a layer's G+ and G-) are programmed side by side, as one larger batch."""
+    out: list = [None] * len(targets)
+    stats: list = [None] * len(targets)
+    shapes = sorted({tuple(t.shape) for t in targets})
+    for k, shape in enumerate(shapes):
+        members = [i for i, t in enumerate(targets) if tuple(t.shape) == shape]
+        rows, cols = shape
+        n = batch * len(members)
+        goal = torch.stack([targets[i].to(dtype) for i in members]).repeat_interleave(batch, dim=0)
+        array = CrossbarArray(n * rows, cols, preset, seed=seed * 7919 + k, dtype=dtype)
+        pulses, failed = _program_tile(array, goal, tune, waveform, order)
+        g = array.conductance().view(len(members), batch, rows, cols)
+        for m, i in enumerate(members):
+            out[i] = g[m]
+            stats[i] = ProgrammingStats(pulses.view(len(members), batch, rows, cols)[m],
+                                        failed.view(len(members), batch, rows, cols)[m], array.clock)
     return out, stats
 
 
-def _program_tile(array: CrossbarArray, tile: torch.Tensor, p: TuneParams, w: Waveform,
+def _program_tile(array: CrossbarArray, targets: torch.Tensor, p: TuneParams, w: Waveform,
                   order: Order) -> tuple[torch.Tensor, torch.Tensor]:
     """Write-verify every device of the tile on every crossbar of the batch, each crossbar
     going through the programming order at its own pace (one read, and a pulse if needed,
     per crossbar per step): the algorithm of drivers.write_verify.tune, vectorized. (Index
     ops, not advanced indexing: see simulator.crossbar._at.)"""
-    rows, cols = tile.shape
-    batch, dtype = array.rows // rows, array.dtype
+    batch, rows, cols = targets.shape                    # one target tile per crossbar
+    dtype = array.dtype
     sequence = torch.tensor([r * cols + c for r, c in programming_order(rows, cols, order)])
-    target_seq = tile.reshape(-1).index_select(0, sequence)
     n_dev = len(sequence)
+    target_seq = targets.reshape(batch, -1).index_select(1, sequence).reshape(-1)   # (batch x n_dev)
     base = torch.arange(batch) * rows * cols
     set_stop, reset_stop = abs(p.set_stop) + 1e-9, abs(p.reset_stop) + 1e-9
     d = array.preset.drift
@@ -71,12 +80,10 @@ def _program_tile(array: CrossbarArray, tile: torch.Tensor, p: TuneParams, w: Wa
     width_factor = (p.width / 1e-6) ** d.width_exponent
 
     j = torch.zeros(batch, dtype=torch.long)                 # position in the sequence
-    amp_set = torch.full((batch,), p.set_start, dtype=dtype)  # next amplitude of each polarity
-    amp_reset = torch.full((batch,), p.reset_start, dtype=dtype)
-    last = torch.zeros(batch, dtype=dtype)                    # +1 SET, -1 RESET, 0 none yet
-    count = torch.zeros(batch, dtype=torch.long)              # pulses on the present device
-    dose_set = torch.zeros(batch, dtype=dtype)                # its pulses' half-select doses
-    dose_reset = torch.zeros(batch, dtype=dtype)
+    # per crossbar: next amplitude of each polarity, last polarity (+1 SET, -1 RESET, 0 none
+    # yet), pulses on the present device, and its pulses' half-select doses of each polarity
+    fresh = torch.tensor([p.set_start, p.reset_start, 0.0, 0.0, 0.0, 0.0], dtype=dtype)
+    state = fresh[:, None].repeat(1, batch)
     pulses = torch.zeros(batch * n_dev, dtype=torch.long)
     failed = torch.zeros(batch * n_dev, dtype=torch.bool)
     rows_of, cols_of = torch.arange(rows)[:, None], torch.arange(cols)[None, :]
@@ -86,55 +93,60 @@ def _program_tile(array: CrossbarArray, tile: torch.Tensor, p: TuneParams, w: Wa
         if not len(a):
             break
         ja = j.index_select(0, a)
-        pos, target = sequence.index_select(0, ja), target_seq.index_select(0, ja)
-        # the reads up to the first out of tolerance, or all the accepting ones, at once:
-        # nothing changes a device between reads
-        reads = array.sample(base.index_select(0, a) + pos, reads=p.reads_to_accept)
-        inside_run = ((reads - target).abs() <= p.tolerance * target).to(torch.int32).cumprod(dim=0)
-        first_out = inside_run.sum(dim=0)                     # in-tolerance reads before the first out
+        pos, target = sequence.index_select(0, ja), target_seq.index_select(0, a * n_dev + ja)
+        amp_set, amp_reset, last, count, dose_set, dose_reset = state.index_select(1, a)
+        # the reads up to the first out of tolerance, or all the accepting ones: nothing
+        # changes a device between reads, so the first read is drawn for every crossbar and
+        # the rest only where it was in tolerance (most steps end at the first read)
+        devices = base.index_select(0, a) + pos
+        g = array.sample(devices)
+        first_out = ((g - target).abs() <= p.tolerance * target).to(torch.long)
+        again = torch.nonzero(first_out).squeeze(1)
+        if len(again) and p.reads_to_accept > 1:
+            more = array.sample(devices.index_select(0, again), reads=p.reads_to_accept - 1)
+            t_again = target.index_select(0, again)
+            inside_run = ((more - t_again).abs() <= p.tolerance * t_again).to(torch.int32).cumprod(dim=0)
+            n_in = inside_run.sum(dim=0)                      # further in-tolerance reads before an out
+            first_out.index_add_(0, again, n_in.long())
+            g.index_copy_(0, again, more.gather(0, n_in.clamp(max=p.reads_to_accept - 2)[None]).squeeze(0))
         array.advance((w.overhead + w.read_time) * float(first_out.float().mean() + 1))
         done = first_out >= p.reads_to_accept
-        inside = done
-        g = reads.gather(0, first_out.clamp(max=p.reads_to_accept - 1)[None]).squeeze(0)
 
         up = g < target                                       # SET needed
         sign = up.to(dtype) * 2 - 1
-        last_a = last.index_select(0, a)
-        overshoot = (last_a != 0) & (last_a != sign)
-        a_set = torch.where(overshoot & up, p.set_start, amp_set.index_select(0, a))
-        a_reset = torch.where(overshoot & ~up, p.reset_start, amp_reset.index_select(0, a))
-        v = torch.where(up, a_set, a_reset)
+        overshoot = (last != 0) & (last != sign)
+        amp_set = torch.where(overshoot & up, p.set_start, amp_set)
+        amp_reset = torch.where(overshoot & ~up, p.reset_start, amp_reset)
+        v = torch.where(up, amp_set, amp_reset)
         beyond = v.abs() > torch.where(up, set_stop, reset_stop)
-        give_up = ~inside & (beyond | (count.index_select(0, a) >= p.max_pulses))
-        fire = torch.nonzero(~inside & ~give_up).squeeze(1)
-        if len(fire):
-            f = a.index_select(0, fire)
-            vf, up_f, sign_f = v.index_select(0, fire), up.index_select(0, fire), sign.index_select(0, fire)
-            array.apply_to(base.index_select(0, f) + pos.index_select(0, fire), vf, p.width)
+        give_up = ~done & (beyond | (count >= p.max_pulses))
+        fire = ~done & ~give_up
+        chosen = torch.nonzero(fire).squeeze(1)
+        if len(chosen):
+            array.apply_to(base.index_select(0, a.index_select(0, chosen)) + pos.index_select(0, chosen),
+                           v.index_select(0, chosen), p.width)
             array.advance(w.overhead)
-            count.index_add_(0, f, torch.ones_like(f))
-            step = torch.round((vf + sign_f * p.step) * 1e9) / 1e9
-            amp_set.index_copy_(0, f, torch.where(up_f, step, a_set.index_select(0, fire)))
-            amp_reset.index_copy_(0, f, torch.where(up_f, a_reset.index_select(0, fire), step))
-            last.index_copy_(0, f, sign_f)
-            half = (vf.abs() / divider - d.threshold).clamp(min=0) * width_factor
-            dose_set.index_add_(0, f, half * up_f)
-            dose_reset.index_add_(0, f, half * ~up_f)
+            step = torch.round((v + sign * p.step) * 1e9) / 1e9
+            amp_set = torch.where(fire & up, step, amp_set)
+            amp_reset = torch.where(fire & ~up, step, amp_reset)
+            last = torch.where(fire, sign, last)
+            count = count + fire
+            half = (v.abs() / divider - d.threshold).clamp(min=0) * width_factor * fire
+            dose_set = dose_set + half * up
+            dose_reset = dose_reset + half * ~up
+        state.index_copy_(1, a, torch.stack([amp_set, amp_reset, last, count, dose_set, dose_reset]))
 
         end = torch.nonzero(done | give_up).squeeze(1)
         if len(end):
             fin = a.index_select(0, end)
             slot = fin * n_dev + ja.index_select(0, end)
-            pulses.index_copy_(0, slot, count.index_select(0, fin))
+            pulses.index_copy_(0, slot, count.index_select(0, end).long())
             failed.index_copy_(0, slot, give_up.index_select(0, end))
             _half_select(array, base.index_select(0, fin), pos.index_select(0, end),
-                         torch.stack([dose_set.index_select(0, fin), dose_reset.index_select(0, fin)]),
+                         torch.stack([dose_set.index_select(0, end), dose_reset.index_select(0, end)]),
                          rows_of, cols_of, p.scheme, divider)
             j.index_add_(0, fin, torch.ones_like(fin))
-            amp_set.index_fill_(0, fin, p.set_start)
-            amp_reset.index_fill_(0, fin, p.reset_start)
-            for state in (last, count, dose_set, dose_reset):
-                state.index_fill_(0, fin, 0)
+            state.index_copy_(1, fin, fresh[:, None].expand(-1, len(fin)))
     unorder = torch.empty_like(sequence)
     unorder[sequence] = torch.arange(n_dev)
     return (pulses.view(batch, n_dev)[:, unorder].view(batch, rows, cols),
