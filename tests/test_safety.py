@@ -327,25 +327,34 @@ def test_dropped_connection_mid_tuning_is_reconnected_for_the_safe_state(fast, i
     assert_within_limits(bench, live.limits)
 
 
-def test_hung_switch_mid_tuning_still_leaves_no_source_energized(fast):
-    """A switch that stops answering cannot open its relays, but the sources are turned off,
-    the error names the switch and its resource, and nothing waits for minutes."""
+def tune_until_instrument_hangs(fast, name: str) -> int:
+    """Tune until the 30th operation, when instrument `name` stops answering: the error must
+    name it and its resource, and come within seconds. Returns how many messages it had
+    received when it hung."""
     bench, live = fast
-    resource = live.instruments["switch"].resource
+    resource = live.instruments[name].resource
     at = {}
 
     def hang():
-        at["switch"] = len(received(bench, "switch"))
-        bench.servers["switch"].faults.mute = True
+        at[name] = len(received(bench, name))
+        bench.servers[name].faults.mute = True
 
     t0 = time.monotonic()
-    with pytest.raises(DriverError, match=re.escape(f"switch at {resource}: no reply within 0.3 s")):
+    with pytest.raises(DriverError, match=re.escape(f"{name} at {resource}: no reply within 0.3 s")):
         with open_crossbar(live) as xbar:
             xbar.recorders.append(on_operation(30, hang))
             tune_array(xbar, TARGETS, ONE_FAILURE)
     assert time.monotonic() - t0 < 10
+    return at[name]
+
+
+def test_hung_switch_mid_tuning_still_leaves_no_source_energized(fast):
+    """A switch that stops answering cannot open its relays, but the sources are turned off,
+    the error names the switch and its resource, and nothing waits for minutes."""
+    bench, live = fast
+    hung_at = tune_until_instrument_hangs(fast, "switch")
     assert_sources_off(bench)
-    assert ":ROUT:OPEN:CARD ALL" in received(bench, "switch")[at["switch"]:]  # tried: received, not done
+    assert ":ROUT:OPEN:CARD ALL" in received(bench, "switch")[hung_at:]  # tried: received, not done
     assert bench.closed_relays()
     assert_within_limits(bench, live.limits)
 
@@ -354,22 +363,10 @@ def test_hung_source_mid_tuning_is_cut_off_by_the_switch(fast):
     """A source that stops answering cannot be turned off, so every relay is opened: the
     crossbar is isolated from it."""
     bench, live = fast
-    resource = live.instruments["analyzer"].resource
-    at = {}
-
-    def hang():
-        at["analyzer"] = len(received(bench, "analyzer"))
-        bench.servers["analyzer"].faults.mute = True
-
-    t0 = time.monotonic()
-    with pytest.raises(DriverError, match=re.escape(f"analyzer at {resource}: no reply within 0.3 s")):
-        with open_crossbar(live) as xbar:
-            xbar.recorders.append(on_operation(30, hang))
-            tune_array(xbar, TARGETS, ONE_FAILURE)
-    assert time.monotonic() - t0 < 10
+    hung_at = tune_until_instrument_hangs(fast, "analyzer")
     assert bench.closed_relays() == frozenset()
     assert last_route_command(bench) == ":ROUT:OPEN:CARD ALL"
-    assert "CL" in received(bench, "analyzer")[at["analyzer"]:]  # tried: received, not done
+    assert "CL" in received(bench, "analyzer")[hung_at:]  # tried: received, not done
     assert any(v is not None for v in bench.source_outputs().values())
     assert_within_limits(bench, live.limits)
 
