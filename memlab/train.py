@@ -59,15 +59,25 @@ def run_job(job: TrainJob, store: RunStore) -> dict:
     runner = {"noise_injection": _noise_injection, "hardware_aware": _hardware_aware,
               "in_the_loop": _in_the_loop}[job.method]
     with store.start_run(f"train-{job.method.replace('_', '-')}", params=job.model_dump()) as run:
-        summary = runner(job, run)
+        summary, table = runner(job, run)
+        print(table)
+        (run.path / "table.txt").write_text(table + "\n")
         summary["run_path"] = str(run.path)
         run.set_summary(summary)
         (run.path / "result.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def _noise_injection(job: TrainJob, run) -> dict:
-    path = run.path
+def _table(title: str, header: tuple[str, ...], rows: list[tuple]) -> str:
+    """The final table of a job, as printed and kept in the run folder."""
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cells = [header] + [tuple(fmt(v) for v in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join([title, *lines])
+
+
+def _noise_injection(job: TrainJob, run) -> tuple[dict, str]:
     import torch
 
     from .datasets import load_mnist
@@ -83,13 +93,14 @@ def _noise_injection(job: TrainJob, run) -> dict:
     gen = torch.Generator().manual_seed(job.seed)
     table = {str(level): evaluate(model, data.x_test, data.y_test, level / 100, job.evaluate.draws, gen)
              for level in job.evaluate.noise_levels}
-    plot_training_curves({"training": history}, path / "training.png")
-    print("test accuracy (%) by inference noise level:", ", ".join(f"{k} %: {v:.2f}" for k, v in table.items()))
-    return {"accuracy_by_noise_pct": table}
+    plot_training_curves({"training": history}, run.path / "training.png")
+    text = _table(f"noise injection ({config.noise_model}, level {config.noise_level}): test accuracy, "
+                  f"mean of {job.evaluate.draws} noise draws", ("inference noise %", "accuracy %"),
+                  [(k, v) for k, v in table.items()])
+    return {"accuracy_by_noise_pct": table}, text
 
 
-def _hardware_aware(job: TrainJob, run) -> dict:
-    path = run.path
+def _hardware_aware(job: TrainJob, run) -> tuple[dict, str]:
     import torch
 
     from simulator.device import load_preset
@@ -113,14 +124,14 @@ def _hardware_aware(job: TrainJob, run) -> dict:
               "point_fraction_correct": {kind: correct.float().mean(0).tolist()}, "losses": {kind: losses}}
     with torch.no_grad():
         sw = float(((model(data.x_test).squeeze(-1) > 0) == (data.y_test > 0.5)).float().mean() * 100)
-    plot_moons(result, path / "transfers.png")
-    print(f"{kind}: software accuracy {sw:.1f} %; % of test points correct in at least q % of "
-          f"{job.evaluate.transfers} transfers: {result[kind]}")
-    return {kind: result[kind], "software_accuracy": sw, "transfers": job.evaluate.transfers}
+    plot_moons(result, run.path / "transfers.png")
+    text = _table(f"{kind}: % of the {len(data.y_test)} test points classified correctly by at least q % of "
+                  f"{job.evaluate.transfers} simulated transfers (software accuracy {sw:.1f} %)",
+                  ("q %", "test points %"), [(q, v) for q, v in result[kind].items()])
+    return {kind: result[kind], "software_accuracy": sw, "transfers": job.evaluate.transfers}, text
 
 
-def _in_the_loop(job: TrainJob, run) -> dict:
-    path = run.path
+def _in_the_loop(job: TrainJob, run) -> tuple[dict, str]:
     from .datasets import load_mnist
     from .training.in_the_loop import InLoopConfig, plot_connectivity, plot_training_curves, train_in_the_loop
 
@@ -129,8 +140,10 @@ def _in_the_loop(job: TrainJob, run) -> dict:
     for epoch, maps in enumerate(history.removed):       # the pruned map of every epoch
         for layer, removed in enumerate(maps):
             run.save_array(f"removed_epoch{epoch + 1:03d}_layer{layer}", removed)
-    plot_connectivity(history, path / "connectivity.png")
-    plot_training_curves({config.mode: history}, path / "training.png")
-    print(f"final test accuracy {history.final_accuracy:.2f} %, connectivity {100 * history.connectivity[-1]:.1f} %")
+    plot_connectivity(history, run.path / "connectivity.png")
+    plot_training_curves({config.mode: history}, run.path / "training.png")
+    text = _table(f"in-the-loop training ({config.mode}): test accuracy and connectivity after each epoch",
+                  ("epoch", "test accuracy %", "connectivity %"),
+                  [(e + 1, a, 100 * c) for e, (a, c) in enumerate(zip(history.test_accuracy, history.connectivity))])
     return {"final_accuracy": history.final_accuracy, "connectivity": history.connectivity[-1],
-            "test_accuracy_per_epoch": history.test_accuracy, "programmed": history.programmed}
+            "test_accuracy_per_epoch": history.test_accuracy, "programmed": history.programmed}, text

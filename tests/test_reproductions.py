@@ -113,3 +113,5 @@ def test_train_in_the_loop_job_keeps_the_pruned_map_of_every_epoch(tmp_path):
     maps = [stored.load_array(n) for n in names]
     assert maps[0].shape == (784, 128) and maps[0].dtype == bool
     assert (stored.path / "connectivity.png").stat().st_size > 0
+    table = (stored.path / "table.txt").read_text().splitlines()
+    assert table[1].split() == ["epoch", "test", "accuracy", "%", "connectivity", "%"] and len(table) == 4
