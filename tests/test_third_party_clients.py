@@ -162,3 +162,41 @@ def test_pymeasure_check_errors_over_the_wire(b1500):
     with pytest.raises(OSError, match=r"Agilent B1500 Error \+200: Channel output switch must be ON"):
         b1500.smu3.force("Voltage", "Auto Ranging", 0.1, 0.01)  # smu3 is not enabled
     b1500.check_errors()  # pymeasure read the one error: the queue is empty again
+
+
+def test_qcodes_keysight_b1500_reads_a_physical_spot_current(served, switch, tmp_path, monkeypatch):
+    """QCoDeS's KeysightB1500 finds the four SMUs from UNT?, forces with DV and reads a spot
+    current with TI; the current is the device's (0.2 V across it) plus sneak paths."""
+    monkeypatch.setenv("QCODES_USER_PATH", str(tmp_path))   # qcodes keeps its logs out of $HOME
+    qcodes_b1500 = pytest.importorskip("qcodes.instrument_drivers.Keysight")
+    from qcodes.instrument_drivers.Keysight.keysightb1500 import constants
+
+    resources, bench_file = served
+    b = qcodes_b1500.KeysightB1500("b1500_memlab", resources["analyzer"], visalib="@py")
+    try:
+        assert b.IDN()["model"] == "B1500A"
+        assert sorted(int(slot) for slot in b.by_slot) == [1, 2, 3, 4]
+        assert [type(m).__name__ for m in b.by_kind[constants.ModuleKind.SMU]] == ["KeysightB1517A"] * 4
+        smu1, smu2 = b.by_slot[1], b.by_slot[2]
+        switch.write(":ROUT:CLOS (@00101,00209)")           # SMU 1 to row 0, SMU 2 to column 0
+        b.enable_channels([1, 2])
+        for smu in (smu1, smu2):
+            smu.source_config(output_range=constants.VOutputRange.AUTO, compliance=0.01)
+        smu2.voltage(0.0)
+        smu1.voltage(V_READ)
+        current = smu1.current()
+        assert smu1.current.measurement_status == constants.MeasurementStatus.N
+        assert b.ask("ERRX?").startswith("+0,")
+        b.disable_channels([1, 2])
+        assert b.ask("*LRN? 0") == "CL"
+    finally:
+        b.close()
+    switch.write(":ROUT:OPEN:CARD ALL")
+
+    from memlab.bench import open_crossbar
+    from memlab.config import load_bench
+
+    with open_crossbar(load_bench(bench_file)) as xbar:
+        row = [xbar.read(0, c).conductance for c in range(xbar.cols)]
+    quantum = 2e-9
+    assert 0.98 * V_READ * row[0] - quantum <= current <= 1.02 * V_READ * sum(row) + quantum, (current, row)
