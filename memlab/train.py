@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import BenchFileError
-from .store import RunStore
+from .store import Run, RunStore
 
 JOBS = Path(__file__).parent / "jobs"
 
@@ -77,7 +77,7 @@ def _table(title: str, header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join([title, *lines])
 
 
-def _noise_injection(job: TrainJob, run) -> tuple[dict, str]:
+def _noise_injection(job: TrainJob, run: Run) -> tuple[dict, str]:
     import torch
 
     from .datasets import load_mnist
@@ -100,7 +100,7 @@ def _noise_injection(job: TrainJob, run) -> tuple[dict, str]:
     return {"accuracy_by_noise_pct": table}, text
 
 
-def _hardware_aware(job: TrainJob, run) -> tuple[dict, str]:
+def _hardware_aware(job: TrainJob, run: Run) -> tuple[dict, str]:
     import torch
 
     from simulator.device import load_preset
@@ -131,7 +131,7 @@ def _hardware_aware(job: TrainJob, run) -> tuple[dict, str]:
     return {kind: result[kind], "software_accuracy": sw, "transfers": job.evaluate.transfers}, text
 
 
-def _in_the_loop(job: TrainJob, run) -> tuple[dict, str]:
+def _in_the_loop(job: TrainJob, run: Run) -> tuple[dict, str]:
     from .datasets import load_mnist
     from .training.in_the_loop import InLoopConfig, plot_connectivity, plot_training_curves, train_in_the_loop
 
