@@ -78,6 +78,18 @@ def test_unprogrammed_crossbars_do_not_give_the_layer():
         assert float((module(x) - layer(x)).abs().max()) > 0.1 * float(layer(x).abs().max())
 
 
+def test_the_bias_is_the_bias_whatever_the_input_range():
+    """The bias line is driven at the full input voltage, which stands for x_max."""
+    weight, bias = torch.tensor([[0.1, -0.2]]), torch.tensor([0.5])
+    for x_max in (1.0, 4.0):
+        module = CrossbarLinear(weight, bias, crossbars(1), x_max=x_max)
+        assert not module.program().failed
+        x = torch.tensor([[0.0, 0.0], [x_max, 0.5 * x_max]])
+        with torch.no_grad():
+            y, ref = module(x), F.linear(x, weight, bias)
+        assert bool(((y - ref).abs() <= error_bound(module, x, ref)).all()), (x_max, y, ref)
+
+
 def test_inputs_beyond_the_input_range_are_refused():
     module = CrossbarLinear(torch.ones(2, 2), None, crossbars(1), x_max=1.0)
     with pytest.raises(ValueError, match="x_max"):

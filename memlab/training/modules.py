@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -121,7 +120,7 @@ class CrossbarLinear(nn.Module):
         self.weight = nn.Parameter(weight.detach().clone().double())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone().double())
         self.mapping, self.v_in, self.x_max, self.tune, self.order = mapping, v_in, x_max, tune, order
-        self.w_max = float(w_max if w_max is not None else with_bias(self.weight, self.bias).detach().abs().max())
+        self.w_max = float(w_max if w_max is not None else self._matrix().abs().max())
         if self.w_max <= 0:
             raise ValueError("w_max must be positive (an all-zero layer has no scale)")
         self.tiles = place_tiles(self.out_features, self.in_features + (bias is not None), crossbars)
@@ -138,10 +137,15 @@ class CrossbarLinear(nn.Module):
     def in_features(self) -> int:
         return self.weight.shape[1]
 
+    def _matrix(self) -> torch.Tensor:
+        """The weights as programmed: the bias line is driven at the full input voltage, which
+        stands for an input of x_max, so it carries bias / x_max."""
+        bias = None if self.bias is None else self.bias.detach() / self.x_max
+        return with_bias(self.weight.detach(), bias)
+
     def targets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Target conductances (G+, G-), each (out, in [+ 1]) in S."""
-        w = with_bias(self.weight.detach(), None if self.bias is None else self.bias.detach())
-        return self.mapping.to_conductance(w.clamp(-self.w_max, self.w_max), self.w_max)
+        return self.mapping.to_conductance(self._matrix().clamp(-self.w_max, self.w_max), self.w_max)
 
     def program(self, progress: Callable[[int, int], None] | None = None) -> ProgrammingReport:
         """Write-verify every device of every tile, tile by tile in the programming order."""
@@ -166,12 +170,13 @@ class CrossbarLinear(nn.Module):
         volts = x * per_volt
         if self.bias is not None:
             volts = torch.cat([volts, torch.full((len(x), 1), self.v_in, dtype=volts.dtype)], dim=1)
-        out = torch.zeros(len(x), self.out_features, dtype=torch.float64)
+        i_pos = torch.zeros(len(x), self.out_features, dtype=torch.float64)
+        i_neg = torch.zeros_like(i_pos)
         for tile in self.tiles:
-            currents = tile.xbar.vmm(volts[:, tile.in_slice].numpy(), tile.rows(), tile.cols())
-            diff = currents[:, :tile.outputs] - currents[:, tile.outputs:]
-            out[:, tile.out_slice] += torch.from_numpy(np.ascontiguousarray(diff))
-        return out * (self.w_max / ((self.mapping.g_max - self.mapping.g_min) * per_volt))
+            currents = torch.from_numpy(tile.xbar.vmm(volts[:, tile.in_slice].numpy(), tile.rows(), tile.cols()))
+            i_pos[:, tile.out_slice] += currents[:, :tile.outputs]
+            i_neg[:, tile.out_slice] += currents[:, tile.outputs:]
+        return self.mapping.to_weight(i_pos, i_neg, self.w_max) / per_volt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         software = F.linear(x.double(), self.weight, self.bias)

@@ -197,7 +197,7 @@ class CrossbarNetwork:
             ones = torch.ones(*h.shape[:-1], 1, dtype=h.dtype)
             volts = torch.cat([h, ones], dim=-1) * per_volt
             f = preset.read_current(torch.ones((), dtype=g_pos.dtype), volts.to(g_pos.dtype))  # I = G f(V)
-            i_diff = f @ (g_pos - g_neg).transpose(-1, -2)                 # (batch, n, out)
-            h = i_diff * (w.abs().max() / ((self.mapping.g_max - self.mapping.g_min) * per_volt))
+            i_pos, i_neg = f @ g_pos.transpose(-1, -2), f @ g_neg.transpose(-1, -2)   # (batch, n, out)
+            h = self.mapping.to_weight(i_pos, i_neg, w.abs().max()) / per_volt
             h = {"sigmoid": torch.sigmoid, "relu": torch.relu, "none": lambda t: t}[act](h)
         return h
