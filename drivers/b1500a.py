@@ -26,7 +26,11 @@ SMU_PULSE_MIN_PERIOD = 5e-3
 
 _FIELD = re.compile(r"^([A-Z])([A-J Z])([A-Za-z])([+-]\d{3}\.\d{3}E[+-]\d{2})$")
 _ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
-_COMMAND = re.compile(r"^\s*(DV|DI|PV|PT)(?![A-Z?])\s*(.*)$", re.IGNORECASE)
+_COMMAND = re.compile(r"^\s*(\*?[A-Z]+\??)\s*(.*)$", re.IGNORECASE)
+# Commands the guard lets through unchecked: none of them sources anything. Every other
+# command (sweeps, staircases, RZ restoring zeroed outputs, ...) is refused on the host.
+_HARMLESS = frozenset({"CN", "CL", "FMT", "MM", "TI", "TV", "XE", "AV", "AIT", "AAD", "AZ", "FL", "CMM",
+                       "RI", "RV", "DZ"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class B1500A(VisaInstrument, SourceMeter):
         self.identity = ""
         self.modules: dict[int, str] = {}
         self.enabled: set[int] = set()
+        # the pulse set-up the instrument holds (PT width, PV peak and compliance): a pulse's
+        # energy is checked whichever message sets which part
+        self._pulse_setup: dict[str, float | None] = {"width": None, "peak": None, "compliance": None}
 
     def initialize(self) -> None:
         """Identify the mainframe and its modules and select the FMT 1 data format."""
@@ -142,6 +149,9 @@ class B1500A(VisaInstrument, SourceMeter):
     def measure_current(self, channel: int, *, levels: Levels | None = None) -> Measurement:
         commands = [self.dv_command(slot, v) for slot, v in level_pairs(levels or {})]
         field = self.measure(";".join([*commands, f"TI {channel},0"]))[0]
+        if not field.valid:  # an overflow or an oscillation is not a current to decide on
+            raise ReplyError(f"{self.name}: SMU {channel} reading has status {field.status!r} "
+                             f"({field.value:g}), not a valid measurement")
         return Measurement(field.value, field.in_compliance)
 
     def check_pulse(self, channel: int, base: float, peak: float, width: float) -> None:
@@ -157,29 +167,40 @@ class B1500A(VisaInstrument, SourceMeter):
     def write(self, message: str) -> None:
         """Every message passes the limit guard, whoever built it."""
         try:
-            self._guard(message)
+            setup = self._guard(message)
         except LimitError:
             self._awaiting_reply = False  # nothing was sent: no reply is owed
             raise
         super().write(message)
+        self._pulse_setup = setup
 
-    def _guard(self, message: str) -> None:
+    def _guard(self, message: str) -> dict[str, float | None]:
         """The last check before the wire: source levels, compliances and pulse widths in
-        any DV, DI, PV or PT command must be within the bench limits."""
-        width = None
-        peak = compliance = None
+        any DV, PV or PT command within the bench limits, the pulse energy of the pulse
+        set-up the message leaves behind, and nothing that could source unchecked (DI, RZ,
+        sweeps: any command not known to be harmless). Returns that pulse set-up."""
+        setup = dict(self._pulse_setup)
         for command in message.split(";"):
             m = _COMMAND.match(command)
-            if not m:
+            if not command.strip():
                 continue
-            name, args = m.group(1).upper(), [a.strip() for a in m.group(2).split(",")] if m.group(2) else []
             where = f"{self.name}: {command.strip()!r}: "
+            if not m:
+                raise LimitError(f"{where}not a command the bench limits can check")
+            name = m.group(1).upper()
+            if name.startswith("*") or name.endswith("?"):
+                if name == "*RST":
+                    setup = dict.fromkeys(setup)
+                continue                     # common commands and queries source nothing
+            if name in _HARMLESS:
+                continue
+            if name not in ("DV", "PV", "PT"):
+                raise LimitError(f"{where}{name} is not covered by the bench limits")
+            args = [a.strip() for a in m.group(2).split(",")] if m.group(2) else []
             try:
                 values = [float(a) for a in args]
             except ValueError:
                 raise LimitError(f"{where}cannot check non-numeric arguments") from None
-            if name == "DI":
-                raise LimitError(f"{where}current forcing is not covered by the bench limits")
             if name == "DV" and len(values) >= 3:
                 self.limits.check_line_voltage(values[2], where)
                 if len(values) >= 4:
@@ -187,16 +208,19 @@ class B1500A(VisaInstrument, SourceMeter):
             elif name == "PV" and len(values) >= 4:
                 self.limits.check_line_voltage(values[2], where)
                 self.limits.check_line_voltage(values[3], where)
-                peak = values[3]
-                compliance = values[4] if len(values) >= 5 else self.limits.compliance_current
-                self.limits.check_compliance(compliance, where)
+                setup["peak"] = values[3]
+                setup["compliance"] = values[4] if len(values) >= 5 else self.limits.compliance_current
+                self.limits.check_compliance(setup["compliance"], where)
             elif name == "PT" and len(values) >= 2:
-                width = values[1]
-                if not 0 < width <= self.limits.max_pulse_width:
-                    raise LimitError(f"{where}pulse width {width:.4g} s outside (0, "
+                setup["width"] = values[1]
+                if not 0 < setup["width"] <= self.limits.max_pulse_width:
+                    raise LimitError(f"{where}pulse width {setup['width']:.4g} s outside (0, "
                                      f"{self.limits.max_pulse_width}] s")
-        if width is not None and peak is not None:
-            self.limits.check_pulse(peak, width, compliance, f"{self.name}: ")
+            else:
+                raise LimitError(f"{where}too few arguments to check")
+        if setup["width"] is not None and setup["peak"] is not None:
+            self.limits.check_pulse(setup["peak"], setup["width"], setup["compliance"], f"{self.name}: ")
+        return setup
 
     def send(self, *commands: str) -> None:
         """Send commands in one message and check the error queue in the same round trip."""

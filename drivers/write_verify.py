@@ -88,6 +88,7 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
         except DriverError as exc:
             failures = _failed(res, failures, p, f"read: {exc}")
             continue
+        failures = 0
         res.reads += 1
         res.conductance = g
         if res.reads == 1:

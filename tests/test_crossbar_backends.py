@@ -137,3 +137,28 @@ def test_1t1r_preset_has_no_half_select_stress():
     assert change[2, 2] > 0
     change[2, 2] = 0
     assert torch.count_nonzero(change) == 0
+
+
+def test_tuning_aborts_only_on_failures_in_a_row(mocker):
+    """max_failures counts instrument failures in a row: a read failing now and then, with
+    good reads between, does not abort tuning (a pytest-mock fault: emulators fail for good)."""
+    from drivers.errors import DriverError, ReplyError
+
+    xbar = SimulatedCrossbar.from_preset("tio2-passive", 2, 2, seed=3)
+    target = xbar.read(0, 0).conductance
+    read = xbar.read
+    calls = {"n": 0}
+
+    def sometimes_failing(row, col, voltage=None):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise ReplyError("garbled reply")
+        return read(row, col, voltage)
+
+    mocker.patch.object(xbar, "read", side_effect=sometimes_failing)
+    result = xbar.tune(0, 0, target, TuneParams(max_failures=2, tolerance=0.05))
+    assert result.tuned and len(result.failures) >= 3
+    # two failures in a row (after a pulse): abort
+    mocker.patch.object(xbar, "read", side_effect=[read(0, 0), ReplyError("x"), ReplyError("y")])
+    with pytest.raises(DriverError, match="2 instrument failures in a row"):
+        xbar.tune(0, 0, target, TuneParams(max_failures=2, tolerance=1e-6))

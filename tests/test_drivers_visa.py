@@ -548,3 +548,13 @@ def test_safe_state_reconnects_when_the_connection_was_dropped(bench, analyzer, 
         analyzer.safe_state()
     assert all(v is None for v in bench.source_outputs().values())
     assert bench.closed_relays() == frozenset()
+
+
+def test_b1500a_an_overflow_reading_is_not_a_current(bench, analyzer, mocker):
+    """An overflow field (status V, 199.999E+99) must not become a conductance for the tuner
+    to act on. (The driver's auto-ranged reads cannot overflow the emulator: mocked.)"""
+    analyzer.enable([1])
+    overflow = parse_fields("VAI+199.999E+99")
+    mocker.patch.object(analyzer, "measure", return_value=overflow)
+    with pytest.raises(ReplyError, match="status 'V'"):
+        analyzer.measure_current(1)

@@ -152,6 +152,35 @@ def test_raw_messages_pass_the_limit_guard_too(emulation, xbar, message):
     assert sent_since(bench, before) == NOTHING
 
 
+@pytest.mark.parametrize("message", ["TDV 1,0,50,0.1", "WV 1,1,0,0,2.5,11", "RZ 1", "DI 1,0,1e-3,2"])
+def test_commands_the_limits_do_not_cover_are_never_sent(emulation, xbar, message):
+    bench, _ = emulation
+    before = logs(bench)
+    with pytest.raises(LimitError, match="not covered by the bench limits"):
+        xbar.source.send(message)
+    assert sent_since(bench, before) == NOTHING
+
+
+def test_pulse_energy_is_checked_across_messages(emulation, xbar):
+    """A pulse set up in pieces (PT in one message, PV in the next) is still checked: 2.5 V
+    x 10 mA x 10 ms = 250 uJ > 100 uJ, whichever part comes last."""
+    bench, _ = emulation
+    src = xbar.source
+    src.enable([1])
+    src.send("PT 0,0.01,0.015")
+    before = logs(bench)
+    with pytest.raises(LimitError, match="max_pulse_energy"):
+        src.send("PV 1,0,0,2.5,0.01")
+    assert sent_since(bench, before) == NOTHING
+    src.send("PV 1,0,0,0.5,0.01")          # 50 uJ with the 10 ms width: fine
+    with pytest.raises(LimitError, match="max_pulse_energy"):
+        src.send("PT 0,0.01,0.015;PV 1,0,0,2.5,0.01")
+    src.send("*RST")                       # the instrument forgets its pulse set-up, and so does the guard
+    src.send("PV 1,0,0,2.5,0.01")
+    with pytest.raises(LimitError, match="max_pulse_energy"):
+        src.send("PT 0,0.01,0.015")
+
+
 @pytest.mark.parametrize("compliance", [0.02, 0.1, 0.0, -1e-3])
 def test_compliance_outside_the_limit_is_never_sent(emulation, xbar, compliance):
     bench, live = emulation
