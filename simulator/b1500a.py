@@ -270,7 +270,6 @@ class B1500ACore:
         self.smu_slots = sorted(s for s, m in modules.items() if m in SMU_MODELS)
         self.clock = 0.0           # seconds of instrument time this core has spent
         self._timer_zero = 0.0     # TSR
-        self._last_pulse_start: float | None = None
         self._errors: list[int] = []
         self._applied: dict[int, tuple[float, float] | None] | None = None
         self._handlers: dict[str, Callable[[list[str]], list[str]]] = {
@@ -285,8 +284,7 @@ class B1500ACore:
             "TIV": self._tiv, "TTIV": self._ttiv, "TSC": self._tsc, "TSR": self._tsr,
             "TSQ": self._tsq, "PA": self._pa, "AB": self._nothing, "BC": self._nothing,
         }
-        self._set_defaults()
-        self._commit(force=True)
+        self.reset()
 
     # --- public API -------------------------------------------------------------------
 
@@ -329,6 +327,7 @@ class B1500ACore:
     def _set_defaults(self) -> None:
         self.channels = {s: _Channel() for s in self.smu_slots}
         self.settings = _Settings()
+        self._last_pulse_start: float | None = None   # no pulse period to keep after *RST
 
     def _advance(self, seconds: float) -> None:
         if seconds > 0:

@@ -108,6 +108,7 @@ class CrossbarArray:
         self._dose = torch.zeros((2, *shape), **t)       # [SET polarity, RESET polarity]
         self._realized = torch.zeros((2, *shape), **t)
         self._dosed = False                  # no dose yet: nothing to realize anywhere
+        self._unrealized = False             # doses added since every device was last realized
         self._n_switch = torch.zeros(shape, dtype=torch.int64)
         # read and programming noise need no agreement between simulations: an ordinary
         # seeded stream, much faster than the counter-based draws
@@ -267,7 +268,7 @@ class CrossbarArray:
         `sensitivity_included` they are raw doses, scaled here by each device's sensitivity:
         for callers that account for many half-select pulses at once."""
         planes = self._dose.view(2, -1)
-        self._dosed = True
+        self._dosed = self._unrealized = True
         if not sensitivity_included:
             s = self.sensitivity.view(-1) if idx is None else _at(self.sensitivity, idx)
             set_dose, reset_dose = set_dose * s, reset_dose * s
@@ -317,7 +318,9 @@ class CrossbarArray:
         self._realized.view(2, -1).index_copy_(1, idx, dose)
 
     def _realize_all(self) -> None:
-        self._realize(torch.arange(self.n_devices))
+        if self._unrealized:
+            self._realize(torch.arange(self.n_devices))
+            self._unrealized = False
 
     # --- observation ------------------------------------------------------------------------------
 
@@ -335,7 +338,7 @@ class CrossbarArray:
         shape = g.shape if reads is None else (reads, *g.shape)
         if not (r.noise_relative or r.noise_absolute):   # a noiseless read (fault-pruning preset)
             return g.expand(shape).clone()
-        sd = torch.hypot(r.noise_relative * g, torch.tensor(r.noise_absolute, dtype=self.dtype))
+        sd = (r.noise_relative * g).square_().add_(r.noise_absolute ** 2).sqrt_()   # read_noise_sd
         return torch.randn(shape, generator=self._gen, dtype=self.dtype).mul_(sd).add_(g)
 
     def program(self, requested: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -350,13 +353,13 @@ class CrossbarArray:
         if idx is not None:
             g = self.g.view(-1)
             now, q = _at(g, idx), self._static.index_select(1, idx)
-            noise = torch.randn(now.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d)
-            new = now + requested.to(self.dtype) * q[_P.FAULT] + noise.mul_(now).mul_(q[_P.RESP])
+            eps = torch.randn(now.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d)
+            new = now + requested.to(self.dtype) * q[_P.FAULT] + eps.mul_(now).mul_(q[_P.RESP])
             g.index_copy_(0, idx, torch.minimum(torch.maximum(new, q[_P.G_MIN]), q[_P.G_MAX]))
             return self.sample(idx)
         g = self.g
-        noise = torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d).mul_(g)
-        g.addcmul_(requested.to(self.dtype), self.fault_factor).add_(noise.mul_(self._responsive))
+        eps = torch.randn(g.shape, generator=self._gen, dtype=self.dtype).mul_(d / 3).clamp_(-d, d).mul_(g)
+        g.addcmul_(requested.to(self.dtype), self.fault_factor).add_(eps.mul_(self._responsive))
         torch.clamp(g, self.g_min, self.g_max, out=g)
         return self.sample()
 
