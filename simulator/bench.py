@@ -189,9 +189,12 @@ class SimulatedBench:
 
     def _set_outputs(self, instrument: str, outputs: dict[int, tuple[float, float] | None]) -> None:
         with self.lock:
+            level = lambda out: None if out is None else out[0]  # noqa: E731  (the physics ignores compliance)
+            changed = any(level(self._outputs.get((instrument, slot))) != level(out) for slot, out in outputs.items())
             for slot, out in outputs.items():
                 self._outputs[(instrument, slot)] = out
-            self._recompute()
+            if changed:
+                self._recompute()
 
     def _recompute(self) -> None:
         """Line potentials from the present relays and source outputs (NaN = floating)."""
@@ -230,25 +233,26 @@ class SimulatedBench:
                 if line is not None and src is not None and self._outputs.get(src) is not None:
                     self._driven.setdefault(src, []).append(line)
 
-    def _solve(self, g: torch.Tensor | None = None) -> torch.Tensor:
-        """Device voltages for the present drive (floating lines and line resistance by the
-        nodal solve, at conductances g, default the true ones)."""
+    def _solve(self) -> None:
+        """Line and device voltages for the present drive and the true conductances."""
+        self._lines, self._v_dev = self._voltages(None)
+
+    def _voltages(self, g: torch.Tensor | None) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(row and column line potentials, device voltages) for the present drive, floating
+        lines and line resistance by the nodal solve at conductances g (default: the true ones)."""
         v_rows, v_cols = self._drive
         if self._fully_driven:
-            self._lines = (v_rows, v_cols)
-            self._v_dev = v_rows[:, None] - v_cols[None, :]
-        elif not bool(torch.nan_to_num(torch.cat([v_rows, v_cols])).abs().max() > 0):
-            self._lines = (torch.zeros_like(v_rows), torch.zeros_like(v_cols))  # all at 0 V
-            self._v_dev = torch.zeros(len(v_rows), len(v_cols), dtype=self.array.dtype)
-        else:
-            g = self.array.conductance() if g is None else g
-            lr = self.spec.line_resistance
-            sol = solve_crossbar(g.numpy(), v_rows.numpy(), v_cols.numpy(), r_word=lr.word, r_bit=lr.bit)
-            dtype = self.array.dtype
-            # potential of each line at its first crosspoint (the whole line, for ideal lines)
-            self._lines = (torch.from_numpy(sol.v_word[:, 0]).to(dtype), torch.from_numpy(sol.v_bit[0, :]).to(dtype))
-            self._v_dev = torch.from_numpy(sol.v_word - sol.v_bit).to(dtype)
-        return self._v_dev
+            return (v_rows, v_cols), v_rows[:, None] - v_cols[None, :]
+        if not bool(torch.nan_to_num(torch.cat([v_rows, v_cols])).abs().max() > 0):   # all at 0 V
+            zero = torch.zeros(len(v_rows), len(v_cols), dtype=self.array.dtype)
+            return (torch.zeros_like(v_rows), torch.zeros_like(v_cols)), zero
+        g = self.array.conductance() if g is None else g
+        lr = self.spec.line_resistance
+        sol = solve_crossbar(g.numpy(), v_rows.numpy(), v_cols.numpy(), r_word=lr.word, r_bit=lr.bit)
+        dtype = self.array.dtype
+        # potential of each line at its first crosspoint (the whole line, for ideal lines)
+        lines = (torch.from_numpy(sol.v_word[:, 0]).to(dtype), torch.from_numpy(sol.v_bit[0, :]).to(dtype))
+        return lines, torch.from_numpy(sol.v_word - sol.v_bit).to(dtype)
 
     def _hazard(self, text: str) -> None:
         if not self.hazards or self.hazards[-1] != text:
@@ -261,10 +265,9 @@ class SimulatedBench:
                 return
             if not bool(self._v_dev.abs().max() > 0):
                 self.array.advance(seconds)
-            elif self._fully_driven:
-                self.array.apply_lines(*self._drive, seconds)
-            else:
-                self.array.apply(self._v_dev, seconds)
+                return
+            self.array.apply(self._v_dev, seconds)
+            if not self._fully_driven:
                 self._solve()  # floating lines follow the devices' new conductances
 
     def source_current(self, instrument: str, slot: int) -> float:
@@ -274,11 +277,9 @@ class SimulatedBench:
             if not lines:
                 return 0.0
             g = self.array.sample()
-            v = self._v_dev if self._fully_driven else self._solve(g)
+            v = self._v_dev if self._fully_driven else self._voltages(g)[1]
             i_dev = self.array.device_currents(g, v)
             i_rows, i_cols = i_dev.sum(dim=1), -i_dev.sum(dim=0)
-            if not self._fully_driven:
-                self._solve()
             return float(sum(i_rows[i] if kind == "row" else i_cols[i] for kind, i in lines))
 
 
