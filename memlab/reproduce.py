@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,8 +36,7 @@ def _mat_mnist():
 
 def _fault_pruning():
     from .training.in_the_loop import print_fault_pruning, reproduce_fault_pruning
-    return Reproduction(reproduce_fault_pruning, lambda r, out=sys.stdout: _print_to(print_fault_pruning, r, out),
-                        None, {"seeds": 1, "epochs": 1},
+    return Reproduction(reproduce_fault_pruning, print_fault_pruning, None, {"seeds": 1, "epochs": 1},
                         "MNIST in-the-loop training with fault pruning, 30 % stuck + 30 % discordant")
 
 
@@ -52,27 +50,17 @@ REPRODUCTIONS: dict[str, Callable[[], Reproduction]] = {
     "moons": _moons, "mat-mnist": _mat_mnist, "fault-pruning": _fault_pruning, "bench-loop": _bench_loop}
 
 
-def _print_to(fn, result, out) -> None:
-    if out is sys.stdout:
-        fn(result)
-        return
-    saved, sys.stdout = sys.stdout, out
-    try:
-        fn(result)
-    finally:
-        sys.stdout = saved
-
-
 def run_reproduction(name: str, store: RunStore, *, quick: bool = False, json_path: Path | None = None,
                      **overrides) -> dict:
     if name not in REPRODUCTIONS:
         raise ValueError(f"unknown reproduction {name!r} (known: {', '.join(REPRODUCTIONS)})")
     rep = REPRODUCTIONS[name]()
     kwargs = {**(rep.quick if quick else {}), **overrides}
-    if name == "bench-loop":
-        kwargs.setdefault("store", str(store.root))
     with store.start_run(f"reproduce-{name}", params={"name": name, "quick": quick, **kwargs}) as run:
-        if "out_dir" in inspect.signature(rep.run).parameters:
+        accepts = inspect.signature(rep.run).parameters
+        if "run" in accepts:          # operations go into this run
+            kwargs["run"] = run
+        if "out_dir" in accepts:      # plots go into its folder
             kwargs.setdefault("out_dir", run.path)
         result = rep.run(**kwargs)
         text = io.StringIO()

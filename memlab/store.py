@@ -379,6 +379,10 @@ class Run:
     def status(self) -> str:
         return self.store._execute("SELECT status FROM runs WHERE id = ?", (self.id,))[0][0]
 
+    def set_bench(self, bench: dict) -> None:
+        """The snapshot of the bench the run uses, when it is only known after the start."""
+        self.store._execute("UPDATE runs SET bench = ? WHERE id = ?", (to_json(bench), self.id))
+
     def set_summary(self, summary: dict) -> None:
         text = to_json(summary)
         self.store._execute("UPDATE runs SET summary = ? WHERE id = ?", (text, self.id))

@@ -31,6 +31,11 @@ def test_quick_reproduction_writes_its_table_json_and_run(name, tmp_path, capsys
     runs = RunStore(tmp_path / "runs").runs()
     kinds = {r["kind"]: r for r in runs}
     assert kinds[f"reproduce-{name}"]["status"] == "completed"
+    if name == "bench-loop":   # one run, holding every operation and the bench it ran on
+        assert len(runs) == 1
+        stored = RunStore(tmp_path / "runs").get_run(runs[0]["id"])
+        assert len(stored.operations()) == result["operations"] > 0
+        assert stored.info()["bench"]["instruments"].keys() == {"analyzer", "switch"}
 
 
 def test_bench_loop_goes_through_the_instruments_and_the_store(tmp_path):

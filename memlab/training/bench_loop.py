@@ -12,6 +12,7 @@ layer 2 (6 x 2) on rows 2-7, columns 0-1.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -23,7 +24,7 @@ from drivers.write_verify import TuneParams
 from ..bench import emulate, open_crossbar
 from ..config import load_bench
 from ..datasets import half_moons
-from ..store import RunStore
+from ..store import Run, RunStore
 from .in_the_loop import CrossbarBlock, InLoopConfig, train_in_the_loop
 from .mapping import SingleDeviceMapping
 
@@ -73,19 +74,25 @@ def _accuracy(weights, biases, x, y) -> float:
 
 
 def reproduce_bench_loop(epochs: int = 3, n_train: int = 256, n_test: int = 200, seed: int = 0,
-                         store: str | None = None) -> dict:
+                         store: str | None = None, run: Run | None = None) -> dict:
+    """Records into `run` if given (`memlab reproduce` does), else into a new run of `store`."""
     data = _data(n_train, n_test)
     config = InLoopConfig(sizes=(2, 6, 2), epochs=epochs, batch_size=32, lr=0.05, w_max=MAPPING.w_max,
                           force_every=20, min_connectivity=0.3, preset="tio2-passive", seed=seed,
                           stuck_lrs=0.0, stuck_hrs=0.0, discordant=0.0)
     bench_config = load_bench("sim-b1500-e5250")
     bench, live = emulate(bench_config)
-    runs = RunStore(store or "memlab-runs")
-    run = runs.start_run("bench-loop", params={"in_the_loop": config.model_dump(), "programming": PROGRAMMING.model_dump(
-        mode="json"), "blocks": BLOCKS}, bench=live.model_dump(mode="json"))
+    setup = {"in_the_loop": config.model_dump(), "programming": PROGRAMMING.model_dump(mode="json"),
+             "blocks": BLOCKS}
+    if run is None:
+        run = RunStore(store or "memlab-runs").start_run("bench-loop", params=setup, bench=live.model_dump(mode="json"))
+        ending = run                          # its own run: completed or failed here
+    else:
+        run.set_bench(live.model_dump(mode="json"))
+        ending = contextlib.nullcontext()     # the caller's run: the caller ends it
     started = time.monotonic()
     try:
-        with run, open_crossbar(live) as xbar:
+        with ending, open_crossbar(live) as xbar:
             xbar.recorders.append(lambda op, fields: run.record(op, bench_time=bench.clock, **fields))
             blocks = [CrossbarBlock(xbar, *b, tune=PROGRAMMING, g_range=G_RANGE) for b in BLOCKS]
             model, history = train_in_the_loop(config, data, blocks, mapping=MAPPING)

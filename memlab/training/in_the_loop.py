@@ -34,10 +34,11 @@ instrument bench.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TextIO, runtime_checkable
 
 import numpy as np
 import torch
@@ -583,31 +584,31 @@ def _precision(h: InLoopHistory) -> tuple[float, float]:
             float(removed[faulty].mean()) if faulty.any() else float("nan"))
 
 
-def print_fault_pruning(result: dict) -> None:
+def print_fault_pruning(result: dict, out: TextIO = sys.stdout) -> None:
     print(f"fault pruning, MNIST 784-128 ReLU-10 trained in the loop on the simulated devices "
-          f"(preset fault-pruning); {MNIST_SPLIT}")
+          f"(preset fault-pruning); {MNIST_SPLIT}", file=out)
     print(f"{result.get('epochs', '?')} epochs of batch 128 = {result.get('iterations', '?')} iterations "
-          f"(published: 10 epochs over 50,000 images = {PUBLISHED_ITERATIONS} iterations)")
+          f"(published: 10 epochs over 50,000 images = {PUBLISHED_ITERATIONS} iterations)", file=out)
     print(f"final test accuracy (%), mean +/- std over {result.get('seeds', '?')} seeds; 30 % stuck + 30 % "
-          f"discordant devices except fault-free")
+          f"discordant devices except fault-free", file=out)
     removed = result.get("removed_fraction", {})
     notes = {"fault_free": "reference", "pruning": "close to fault-free", "freezing": "(used for CIFAR-10)",
              "unpruned": "degrades"}
-    print(f"{'':>12} {'memlab':>16} {'removed':>9}   published (qualitative)")
+    print(f"{'':>12} {'memlab':>16} {'removed':>9}   published (qualitative)", file=out)
     for name in ("fault_free", "pruning", "freezing", "unpruned"):
         mean, std = result[name]
         r = f"{100 * removed[name]:.1f} %" if name in removed else ""
-        print(f"{name:>12} {mean:9.2f} +/- {std:4.2f} {r:>9}   {notes[name]}")
+        print(f"{name:>12} {mean:9.2f} +/- {std:4.2f} {r:>9}   {notes[name]}", file=out)
     if "removal_precision" in result:
         print(f"pruning removed {100 * result['removal_recall']:.1f} % of the faulty devices; "
-              f"{100 * result['removal_precision']:.1f} % of the removed devices were faulty")
+              f"{100 * result['removal_precision']:.1f} % of the removed devices were faulty", file=out)
     if "criterion" in result:
         c = {k: "yes" if v else "NO" for k, v in result["criterion"].items()}
         print(f"criterion: pruning within 3 points of fault-free: {c['pruning_within_3_of_fault_free']}; "
-              f"at least 10 points above unpruned: {c['pruning_10_above_unpruned']}")
+              f"at least 10 points above unpruned: {c['pruning_10_above_unpruned']}", file=out)
     if "runtime_s" in result:
-        print(f"runtime {result['runtime_s']:.0f} s")
-    print(PUBLISHED)
+        print(f"runtime {result['runtime_s']:.0f} s", file=out)
+    print(PUBLISHED, file=out)
 
 
 # --- speed --------------------------------------------------------------------------------------
