@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,11 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memlab.datasets import half_moons  # noqa: E402
 from memlab.devicedb import DeviceDatabase  # noqa: E402
-from memlab.training.hardware_aware import MoonsConfig, layer_weights, train_moons  # noqa: E402
+from memlab.training.hardware_aware import MoonsConfig, train_moons  # noqa: E402
 from memlab.training.in_the_loop import step_benchmark  # noqa: E402
-from memlab.training.mapping import DifferentialMapping  # noqa: E402
-from memlab.training.moons import simulate_transfers  # noqa: E402
-from memlab.training.transfer import CrossbarNetwork  # noqa: E402
+from memlab.training.moons import transfer_accuracy  # noqa: E402
 from simulator.device import load_preset  # noqa: E402
 
 
@@ -45,12 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     data, db = half_moons(), DeviceDatabase.tio2_measured()
     model, _ = train_moons(MoonsConfig(epochs=100), data.x_train, data.y_train, db)
-    net = CrossbarNetwork(layer_weights(model), ["sigmoid", "none"], DifferentialMapping(*db.g_range))
-    preset = load_preset("tio2-passive")
-    started = time.perf_counter()
-    tiles = simulate_transfers(net, args.transfers, preset, seed=0, workers=2)
-    net.forward(data.x_test, tiles, preset)
-    seconds = time.perf_counter() - started
+    seconds = transfer_accuracy(model, data, db, args.transfers, load_preset("tio2-passive"))["seconds"]
     rate = args.transfers / seconds
     print(f"simulated transfers of the half-moons network (66 devices, write-verify with V/3, then 200 test "
           f"points): {args.transfers} in {seconds:.1f} s = {rate:.0f} transfers/s (target: 10,000 in <= 10 s)")

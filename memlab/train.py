@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import BenchFileError
+from .config import BenchFileError, describe
 from .store import Run, RunStore
 
 JOBS = Path(__file__).parent / "jobs"
@@ -39,6 +39,42 @@ class TrainJob(BaseModel):
     config: dict = {}
     evaluate: Evaluation = Evaluation()
     seed: int = 0
+    preset: str = Field("tio2-passive", description="hardware_aware: the device preset the transfers are simulated on")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        from simulator.device import load_preset
+
+        load_preset(name)          # an unknown name fails here, before any training
+        return name
+
+    @model_validator(mode="after")
+    def _valid_config(self) -> "TrainJob":
+        try:
+            self.method_config()   # a bad field fails here, before any training
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"config.{problem}" for problem in describe(exc).split("; "))) from None
+        return self
+
+    def method_config(self):
+        """`config` validated as the method's configuration (NoiseInjectionConfig, MoonsConfig
+        or InLoopConfig), with the job's seed where the method takes one."""
+        if self.method == "noise_injection":
+            from .training.hardware_aware import database_sampler
+            from .training.noise_injection import MAT_MNIST_CONFIG
+
+            overrides = dict(self.config)
+            if overrides.get("noise_model") == "database":
+                overrides["database_sampler"] = database_sampler()
+            return MAT_MNIST_CONFIG.replace(**overrides)
+        if self.method == "hardware_aware":
+            from .training.hardware_aware import MoonsConfig
+
+            return MoonsConfig.model_validate({"seed": self.seed, **self.config})
+        from .training.in_the_loop import InLoopConfig
+
+        return InLoopConfig.model_validate({"seed": self.seed, **self.config})
 
 
 def load_job(path: str | Path) -> TrainJob:
@@ -51,8 +87,8 @@ def load_job(path: str | Path) -> TrainJob:
         raise BenchFileError(f"{path}: cannot read the job file ({exc})") from exc
     try:
         return TrainJob.model_validate(data)
-    except Exception as exc:
-        raise BenchFileError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        raise BenchFileError(f"{path}: {describe(exc)}") from exc
 
 
 def run_job(job: TrainJob, store: RunStore) -> dict:
@@ -81,13 +117,9 @@ def _noise_injection(job: TrainJob, run: Run) -> tuple[dict, str]:
     import torch
 
     from .datasets import load_mnist
-    from .training.hardware_aware import database_sampler
-    from .training.noise_injection import MAT_MNIST_CONFIG, evaluate, plot_training_curves, train_mlp
+    from .training.noise_injection import evaluate, plot_training_curves, train_mlp
 
-    overrides = dict(job.config)
-    if overrides.get("noise_model") == "database":
-        overrides["database_sampler"] = database_sampler()
-    config = MAT_MNIST_CONFIG.replace(**overrides)
+    config = job.method_config()
     data = load_mnist()
     model, history = train_mlp(config, data, job.seed)
     gen = torch.Generator().manual_seed(job.seed)
@@ -101,29 +133,21 @@ def _noise_injection(job: TrainJob, run: Run) -> tuple[dict, str]:
 
 
 def _hardware_aware(job: TrainJob, run: Run) -> tuple[dict, str]:
-    import torch
-
     from simulator.device import load_preset
 
     from .datasets import half_moons
     from .devicedb import DeviceDatabase
-    from .training.hardware_aware import MoonsConfig, layer_weights, train_moons
-    from .training.mapping import DifferentialMapping
-    from .training.moons import plot_moons, robustness, simulate_transfers
-    from .training.transfer import CrossbarNetwork
+    from .training.hardware_aware import train_moons
+    from .training.moons import plot_moons, robustness, transfer_accuracy
 
-    config = MoonsConfig.model_validate({"seed": job.seed, **job.config})
+    config = job.method_config()
     data, db = half_moons(), DeviceDatabase.tio2_measured()
     model, losses = train_moons(config, data.x_train, data.y_train, db)
-    net = CrossbarNetwork(layer_weights(model), ["sigmoid", "none"], DifferentialMapping(*db.g_range))
-    preset = load_preset("tio2-passive")
-    tiles = simulate_transfers(net, job.evaluate.transfers, preset, job.seed)
-    correct = (net.forward(data.x_test, tiles, preset).squeeze(-1) > 0) == (data.y_test > 0.5)
+    measured = transfer_accuracy(model, data, db, job.evaluate.transfers, load_preset(job.preset), job.seed)
+    correct, sw = measured["correct"], measured["software_accuracy"]
     kind = "hardware_aware" if config.hardware_aware else "regular"
     result = {kind: robustness(correct), "transfers": job.evaluate.transfers,
               "point_fraction_correct": {kind: correct.float().mean(0).tolist()}, "losses": {kind: losses}}
-    with torch.no_grad():
-        sw = float(((model(data.x_test).squeeze(-1) > 0) == (data.y_test > 0.5)).float().mean() * 100)
     plot_moons(result, run.path / "transfers.png")
     text = _table(f"{kind}: % of the {len(data.y_test)} test points classified correctly by at least q % of "
                   f"{job.evaluate.transfers} simulated transfers (software accuracy {sw:.1f} %)",
@@ -133,9 +157,9 @@ def _hardware_aware(job: TrainJob, run: Run) -> tuple[dict, str]:
 
 def _in_the_loop(job: TrainJob, run: Run) -> tuple[dict, str]:
     from .datasets import load_mnist
-    from .training.in_the_loop import InLoopConfig, plot_connectivity, plot_training_curves, train_in_the_loop
+    from .training.in_the_loop import plot_connectivity, plot_training_curves, train_in_the_loop
 
-    config = InLoopConfig.model_validate({"seed": job.seed, **job.config})
+    config = job.method_config()
     model, history = train_in_the_loop(config, load_mnist(), log_every=1)
     for epoch, maps in enumerate(history.removed):       # the pruned map of every epoch
         for layer, removed in enumerate(maps):

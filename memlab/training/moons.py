@@ -57,6 +57,20 @@ def simulate_transfers(net: CrossbarNetwork, n: int, preset: DevicePreset, seed:
     return [torch.cat([part[k] for part in parts]) for k in range(len(targets))]
 
 
+def transfer_accuracy(model: torch.nn.Sequential, data, db: DeviceDatabase, transfers: int,
+                      preset: DevicePreset, seed: int = 0, workers: int = 2) -> dict:
+    """Train-free half of the reproduction: the trained network's software accuracy, and
+    `transfers` simulated transfers of it: which test points each transfer gets right
+    (transfers x points, bool), and how long the transfers took."""
+    with torch.no_grad():
+        software = float(((model(data.x_test).squeeze(-1) > 0) == (data.y_test > 0.5)).float().mean() * 100)
+    net = CrossbarNetwork(layer_weights(model), ["sigmoid", "none"], DifferentialMapping(*db.g_range))
+    started = time.monotonic()
+    tiles = simulate_transfers(net, transfers, preset, seed, workers)
+    correct = (net.forward(data.x_test, tiles, preset).squeeze(-1) > 0) == (data.y_test > 0.5)
+    return {"software_accuracy": software, "correct": correct, "seconds": time.monotonic() - started}
+
+
 def robustness(correct: torch.Tensor) -> dict[str, float]:
     """% of test points classified correctly by at least q % of the transfers."""
     fraction = correct.float().mean(dim=0)
@@ -75,15 +89,10 @@ def reproduce_moons(transfers: int = 10_000, seed: int = 0, workers: int = 2, ep
     out["configs"] = {k: c.model_dump() for k, c in configs.items()}
     for kind, config in configs.items():
         model, losses = train_moons(config, data.x_train, data.y_train, db)
-        with torch.no_grad():
-            out["software_accuracy"][kind] = float(((model(data.x_test).squeeze(-1) > 0) == (data.y_test > 0.5))
-                                                   .float().mean() * 100)
-        net = CrossbarNetwork(layer_weights(model), ["sigmoid", "none"], DifferentialMapping(*db.g_range))
-        started = time.monotonic()
-        tiles = simulate_transfers(net, transfers, device, seed, workers)
-        out["seconds"][kind] = round(time.monotonic() - started, 2)
-        logits = net.forward(data.x_test, tiles, device).squeeze(-1)        # (transfers, points)
-        correct = (logits > 0) == (data.y_test > 0.5)
+        measured = transfer_accuracy(model, data, db, transfers, device, seed, workers)
+        correct = measured["correct"]
+        out["software_accuracy"][kind] = measured["software_accuracy"]
+        out["seconds"][kind] = round(measured["seconds"], 2)
         out[kind] = robustness(correct)
         out["mean_transfer_accuracy"][kind] = float(correct.float().mean() * 100)
         out.setdefault("point_fraction_correct", {})[kind] = [round(float(f), 4) for f in correct.float().mean(dim=0)]
