@@ -4,9 +4,7 @@ fits (Drolet et al. 2023)."""
 
 from __future__ import annotations
 
-import json
 import sys
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,9 @@ from drivers.write_verify import TuneParams
 from protocols.surveys import disturbance_survey, imprecision_survey
 from simulator.device import DevicePreset, load_preset
 
+from .devicedb import DATA, DeviceDatabase, StuckModel
 from .simbackend import SimulatedCrossbar, Waveform
 
-DATA = Path(__file__).parent / "data" / "tio2-passive-crossbar"
 KEYS = (1, 5, 10, 20, 40)
 LEVELS_US = (100, 200, 300, 400, 500)
 # The measured campaign's tuning settings (second line of the dead_xbar_*.csv files):
@@ -31,15 +29,8 @@ MEASURED_BENCH = Waveform(read_time=10e-6, bias_dwell=0.0, overhead=2e-3)
 CAP = 60e-6  # the measured changes were capped at +/-60 uS
 
 
-def published_sigma_pct(g_us: float) -> float:
-    """Tuning imprecision fit published with the measurements: sd as % of target."""
-    return -6.24e-4 * g_us + 0.691
-
-
-@cache
 def measured_disturbance() -> dict[int, np.ndarray]:
-    data = json.loads((DATA / "v3_disturbance_delta_g.json").read_text())
-    return {int(k): np.array(v) for k, v in data["samples"].items()}
+    return {k: np.array(v) for k, v in DeviceDatabase.tio2_measured().disturbance.items()}
 
 
 def fit_stuck() -> dict:
@@ -51,9 +42,11 @@ def fit_stuck() -> dict:
         for f in sorted(DATA.glob("dead_xbar_*.csv"))])
     lrs = np.log(1 / resistances[resistances < 2e3])
     hrs = 1 / resistances[resistances > 1e4]
+    published = DeviceDatabase.tio2_measured().stuck
     return {"lrs": {"median": float(np.exp(lrs.mean())), "sigma": float(lrs.std(ddof=1)), "n": int(lrs.size)},
             "hrs": {"low": float(hrs.min()), "high": float(hrs.max()), "n": int(hrs.size)},
-            "published": {"lrs_mean": 573e-6, "lrs_sd": 99e-6, "hrs_low": 10e-6, "hrs_high": 100e-6}}
+            "published": {"lrs_mean": published.lrs.mean, "lrs_sd": published.lrs.sd,
+                          "hrs_low": published.hrs.low, "hrs_high": published.hrs.high}}
 
 
 def _progress(label: str, n: int, total: int) -> None:
@@ -89,7 +82,10 @@ def skew(x: np.ndarray) -> float:
     return float(stats.skew(x)) if len(x) > 2 else float("nan")
 
 
-def calibrate(preset: DevicePreset | str = "tio2-passive", arrays: int = 20, seed: int = 0) -> dict:
+def calibrate(preset: DevicePreset | str = "tio2-passive", arrays: int = 20, seed: int = 0,
+              database_out: Path | None = None) -> dict:
+    """The comparison; with `database_out`, the simulated surveys also become a device
+    database file that hardware-aware training can use (`database:` in a train job)."""
     preset = load_preset(preset) if isinstance(preset, str) else preset
     measured = measured_disturbance()
     simulated = simulate_disturbance(preset, arrays, seed)
@@ -109,10 +105,21 @@ def calibrate(preset: DevicePreset | str = "tio2-passive", arrays: int = 20, see
         e = errors.get(level, np.array([]))
         out["tuning_sigma_pct"][str(level)] = {
             "sim": float(e.std() * 100) if len(e) else float("nan"),
-            "published": published_sigma_pct(level),
+            "published": DeviceDatabase.tio2_measured().imprecision.sigma_pct(level),
             "sim_offset": float(e.mean() * 100) if len(e) else float("nan"),
             "n": len(e),
         }
+    if database_out is not None:
+        f = preset.faults
+        DeviceDatabase.from_surveys(
+            name=f"{preset.name} simulated", provenance=f"memlab sim calibrate: {arrays} simulated 8x8 arrays per "
+            f"survey, seed {seed}, the measured campaign's tuning settings", disturbance=simulated,
+            errors_by_level={level / 1e6: e for level, e in errors.items()},
+            stuck=StuckModel(lrs_fraction=f.stuck_lrs, hrs_fraction=f.stuck_hrs, lrs=f.lrs_conductance,
+                             hrs=f.hrs_conductance),
+            g_range=(min(LEVELS_US) / 1e6, max(LEVELS_US) / 1e6),
+            read_noise=(preset.read.noise_relative, preset.read.noise_absolute)).save(database_out)
+        out["database"] = str(database_out)
     fit = fit_stuck()
     f = preset.faults
     out["stuck"] = {"fit": fit, "preset": {"lrs": f.lrs_conductance.model_dump(exclude_none=True),

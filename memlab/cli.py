@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--arrays", type=int, default=20, help="simulated 8x8 arrays per survey")
     calib.add_argument("--seed", type=int, default=0)
     calib.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    calib.add_argument("--database-out", type=Path, metavar="FILE",
+                       help="also write the simulated surveys as a device database (for `database:` in train jobs)")
     calib.set_defaults(func=cmd_sim_calibrate)
 
     bench = sub.add_parser("bench", help="bench files").add_subparsers(metavar="BENCHCOMMAND")
@@ -142,8 +144,10 @@ def cmd_sim_serve(args) -> int:
 def cmd_sim_calibrate(args) -> int:
     from .calibrate import calibrate, print_table
 
-    result = calibrate(args.preset, arrays=args.arrays, seed=args.seed)
+    result = calibrate(args.preset, arrays=args.arrays, seed=args.seed, database_out=args.database_out)
     print_table(result)
+    if args.database_out:
+        print(f"device database: {args.database_out}")
     _write_json(args.json, result)
     return 0
 

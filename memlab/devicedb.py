@@ -82,7 +82,7 @@ class DeviceDatabase(BaseModel):
     @classmethod
     def from_surveys(cls, name: str, provenance: str, disturbance: dict[int, np.ndarray],
                      errors_by_level: dict[float, np.ndarray], stuck: StuckModel,
-                     g_range: tuple[float, float]) -> "DeviceDatabase":
+                     g_range: tuple[float, float], read_noise: tuple[float, float] = (0.0, 0.0)) -> "DeviceDatabase":
         """From the surveys' results (`protocols.surveys`): fits the imprecision line."""
         levels = np.array(sorted(errors_by_level), dtype=float)
         sd_pct = np.array([np.std(errors_by_level[g]) * 100 for g in levels])
@@ -92,7 +92,7 @@ class DeviceDatabase(BaseModel):
                    imprecision=Imprecision(sigma_slope_pct_per_us=float(slope), sigma_intercept_pct=float(intercept),
                                            offset_mean_pct=float(offsets.mean()), offset_sd_pct=float(offsets.std())),
                    disturbance={int(k): [float(x) for x in v] for k, v in disturbance.items() if len(v)},
-                   stuck=stuck)
+                   stuck=stuck, read_noise_relative=read_noise[0], read_noise_absolute=read_noise[1])
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -40,6 +40,8 @@ class TrainJob(BaseModel):
     evaluate: Evaluation = Evaluation()
     seed: int = 0
     preset: str = Field("tio2-passive", description="hardware_aware: the device preset the transfers are simulated on")
+    database: Path | None = Field(None, description="device database file (DeviceDatabase.save, `memlab sim calibrate "
+                                                     "--database-out`); default: the shipped TiO2 measurements")
 
     @field_validator("preset")
     @classmethod
@@ -48,6 +50,22 @@ class TrainJob(BaseModel):
 
         load_preset(name)          # an unknown name fails here, before any training
         return name
+
+    @field_validator("database")
+    @classmethod
+    def _readable_database(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            from .devicedb import DeviceDatabase
+
+            if not path.is_file():
+                raise ValueError(f"no device database file {str(path)!r}")
+            DeviceDatabase.load(path)   # a malformed file fails here, before any training
+        return path
+
+    def device_database(self):
+        from .devicedb import DeviceDatabase
+
+        return DeviceDatabase.tio2_measured() if self.database is None else DeviceDatabase.load(self.database)
 
     @model_validator(mode="after")
     def _valid_config(self) -> "TrainJob":
@@ -66,7 +84,7 @@ class TrainJob(BaseModel):
 
             overrides = dict(self.config)
             if overrides.get("noise_model") == "database":
-                overrides["database_sampler"] = database_sampler()
+                overrides["database_sampler"] = database_sampler(self.device_database())
             return MAT_MNIST_CONFIG.replace(**overrides)
         if self.method == "hardware_aware":
             from .training.hardware_aware import MoonsConfig
@@ -85,6 +103,8 @@ def load_job(path: str | Path) -> TrainJob:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise BenchFileError(f"{path}: cannot read the job file ({exc})") from exc
+    if isinstance(data, dict) and data.get("database"):   # relative to the job file
+        data = {**data, "database": str(path.parent / Path(data["database"]).expanduser())}
     try:
         return TrainJob.model_validate(data)
     except ValidationError as exc:
@@ -136,12 +156,11 @@ def _hardware_aware(job: TrainJob, run: Run) -> tuple[dict, str]:
     from simulator.device import load_preset
 
     from .datasets import half_moons
-    from .devicedb import DeviceDatabase
     from .training.hardware_aware import train_moons
     from .training.moons import plot_moons, robustness, transfer_accuracy
 
     config = job.method_config()
-    data, db = half_moons(), DeviceDatabase.tio2_measured()
+    data, db = half_moons(), job.device_database()
     model, losses = train_moons(config, data.x_train, data.y_train, db)
     measured = transfer_accuracy(model, data, db, job.evaluate.transfers, load_preset(job.preset), job.seed)
     correct, sw = measured["correct"], measured["software_accuracy"]

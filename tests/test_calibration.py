@@ -14,8 +14,9 @@ LEVELS = ("100", "200", "300", "400", "500")
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    out = tmp_path_factory.mktemp("calibration") / "calibration.json"
-    child = memlab_cli("sim", "calibrate", "--json", str(out))
+    folder = tmp_path_factory.mktemp("calibration")
+    out = folder / "calibration.json"
+    child = memlab_cli("sim", "calibrate", "--json", str(out), "--database-out", str(folder / "simulated-db.json"))
     stdout, stderr = child.communicate(timeout=600)
     assert child.returncode == 0, stderr
     return json.loads(out.read_text()), stdout
@@ -63,3 +64,45 @@ def test_table_is_printed_beside_the_measurements(calibration):
     assert "sim mean meas mean" in stdout and "published" in stdout
     assert "acceptance: all figures within bounds" in stdout
     assert all(result["checks"].values())
+
+
+def test_the_surveys_become_a_device_database(calibration):
+    """The simulated surveys as a database file: the same disturbance samples and an
+    imprecision line fitted through the same sigmas."""
+    from memlab.devicedb import DeviceDatabase
+
+    result, stdout = calibration
+    db = DeviceDatabase.load(result["database"])
+    assert f"device database: {result['database']}" in stdout
+    for key in KEYS:
+        d = result["disturbance"][key]
+        samples = db.disturbance[int(key)]
+        assert len(samples) == d["sim_n"]
+        assert sum(samples) / len(samples) == pytest.approx(d["sim_mean"], rel=1e-9)
+    for level in LEVELS:
+        fitted = db.imprecision.sigma_pct(int(level))
+        assert fitted == pytest.approx(result["tuning_sigma_pct"][level]["sim"], abs=0.08)
+    assert db.stuck.lrs_fraction == 0.005 and db.g_range == (100e-6, 500e-6)
+    assert (db.read_noise_relative, db.read_noise_absolute) == (0.001, 5e-7)
+
+
+def test_a_train_job_uses_the_database_file(calibration, tmp_path):
+    """`database:` in a job (relative to the job file) is what hardware-aware training draws from."""
+    import shutil
+
+    from memlab.cli import main
+    from memlab.store import RunStore
+    from memlab.train import load_job
+
+    result, _ = calibration
+    shutil.copy(result["database"], tmp_path / "db.json")
+    job = tmp_path / "job.yaml"
+    job.write_text("method: hardware_aware\ndatabase: db.json\nconfig: {epochs: 5}\nevaluate: {transfers: 20}\n")
+    assert load_job(job).device_database().name == "tio2-passive simulated"
+    assert main(["train", str(job), "--store", str(tmp_path / "runs")]) == 0
+    store = RunStore(tmp_path / "runs")
+    (run,) = store.runs()
+    assert run["status"] == "completed"
+    assert store.get_run(run["id"]).info()["params"]["database"] == str(tmp_path / "db.json")
+    (tmp_path / "bad.yaml").write_text("method: hardware_aware\ndatabase: missing.json\n")
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 1
