@@ -146,9 +146,11 @@ class B1500A(VisaInstrument, SourceMeter):
     def set_voltages(self, levels: Levels) -> None:
         self.send(*(self.dv_command(slot, v) for slot, v in level_pairs(levels)))
 
-    def measure_current(self, channel: int, *, levels: Levels | None = None) -> Measurement:
-        commands = [self.dv_command(slot, v) for slot, v in level_pairs(levels or {})]
-        field = self.measure(";".join([*commands, f"TI {channel},0"]))[0]
+    def measure_current(self, channel: int, *, levels: Levels | None = None,
+                        then: Levels | None = None) -> Measurement:
+        before = [self.dv_command(slot, v) for slot, v in level_pairs(levels or {})]
+        after = [self.dv_command(slot, v) for slot, v in level_pairs(then or {})]
+        field = self.measure(";".join([*before, f"TI {channel},0", *after]))[0]
         if not field.valid:  # an overflow or an oscillation is not a current to decide on
             raise ReplyError(f"{self.name}: SMU {channel} reading has status {field.status!r} "
                              f"({field.value:g}), not a valid measurement")

@@ -107,10 +107,13 @@ class InstrumentCrossbar(Crossbar):
         self.limits.check_device_voltage(v, f"read of ({row}, {col}): ")
         self._route(row, col)
         ch = self._ch
-        try:
-            m = self.source.measure_current(ch["sense"], levels={ch["drive"]: v})
-        finally:
+        self._levels_unknown = True
+        try:  # the drive goes back to 0 V in the read's own transaction; on any failure, again
+            m = self.source.measure_current(ch["sense"], levels={ch["drive"]: v}, then={ch["drive"]: 0.0})
+        except BaseException:
             self._zero({ch["drive"]: 0.0})
+            raise
+        self._levels_unknown = False
         current = -m.value  # the sense SMU sinks the device current
         return Read(row, col, v, current, current / v)
 

@@ -43,8 +43,10 @@ class SourceMeter(ABC):
         transaction where possible."""
 
     @abstractmethod
-    def measure_current(self, channel: int, *, levels: Levels | None = None) -> "Measurement":
-        """Current out of `channel` into the DUT, after first applying `levels` (if given)."""
+    def measure_current(self, channel: int, *, levels: Levels | None = None,
+                        then: Levels | None = None) -> "Measurement":
+        """Current out of `channel` into the DUT, after first applying `levels`, and applying
+        `then` right after the measurement (in the same transaction where the instrument can)."""
 
     @abstractmethod
     def pulse(self, channel: int, base: float, peak: float, width: float) -> "Measurement":
