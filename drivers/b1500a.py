@@ -18,7 +18,6 @@ from .visa import VisaInstrument
 
 SMU_MODELS = {"B1510A": "HPSMU", "B1511A": "MPSMU", "B1511B": "MPSMU", "B1514A": "MCSMU",
               "B1517A": "HRSMU"}
-OTHER_MODELS = {"B1520A": "MFCMU", "B1525A": "SPGU", "B1530A": "WGFMU"}
 NO_ERROR = '+0,"No Error."'
 # SMU pulse timing limits of the B1511B/B1517A (programming guide, PT command)
 SMU_PULSE_MIN_WIDTH = 0.5e-3

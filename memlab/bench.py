@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 from drivers.b1500a import B1500A
-from drivers.crossbar import InstrumentCrossbar
+from drivers.crossbar import ROLES, InstrumentCrossbar
 from drivers.e5250a import E5250A
 from drivers.errors import InstrumentNotAnswering
 from simulator.bench import CableToSwitch, EmulatedInstrument, SimBenchSpec, SimulatedBench
@@ -122,7 +122,7 @@ def simulation_spec(config: BenchConfig) -> SimBenchSpec:
     w = config.wiring
     cables = [CableToSwitch(instrument=config.crossbar.source, channel=w.role(role).channel,
                             input=w.role(role).switch_input)
-              for role in ("drive", "sense", "row_third", "col_two_thirds")]
+              for role in ROLES]
     sim = config.simulation
     return SimBenchSpec(rows=config.rows, cols=config.cols, preset=sim.preset, seed=sim.seed,
                         instruments=instruments, switch=config.crossbar.switch,

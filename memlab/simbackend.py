@@ -100,7 +100,7 @@ class SimulatedCrossbar(Crossbar):
         """All lines driven at once: one read-noise draw per device, the devices' I-V."""
         a = self.array
         volts = np.atleast_2d(volts)
-        idx = torch.tensor([r * self.cols + c for r in rows for c in cols])
+        idx = (torch.tensor(rows)[:, None] * self.cols + torch.tensor(cols)[None, :]).reshape(-1)
         a.advance(self.waveform.overhead + self.waveform.read_time)
         g = a.sample(idx).view(len(rows), len(cols))
         f = a.preset.read_current(torch.ones((), dtype=a.dtype), torch.as_tensor(volts, dtype=a.dtype))
