@@ -9,7 +9,7 @@ import torch
 from memlab.calibrate import MEASURED_BENCH, MEASURED_TUNING
 from memlab.devicedb import DeviceDatabase
 from memlab.simbackend import SimulatedCrossbar
-from memlab.training.hardware_aware import DatabasePerturbation, HardwareAwareLinear
+from memlab.training.hardware_aware import DatabasePerturbation, HardwareAwareLinear, database_sampler
 from memlab.training.mapping import (DifferentialMapping, SingleDeviceMapping, disturbance_keys,
                                      programming_order, split_tiles, with_bias)
 from memlab.training.transfer import CrossbarNetwork, program_tiles
@@ -47,7 +47,7 @@ def test_layout_order_keys_and_tiles():
 
 def test_hardware_aware_layer_perturbs_forward_and_passes_gradients():
     db = DeviceDatabase.tio2_measured()
-    layer = HardwareAwareLinear(2, 8, DatabasePerturbation(db), DifferentialMapping(*db.g_range))
+    layer = HardwareAwareLinear(2, 8, database_sampler(db))
     x = torch.rand(64, 2)
     clean = torch.nn.functional.linear(x, layer.weight, layer.bias)
     out = layer(x)

@@ -100,17 +100,10 @@ def reproduce_bench_loop(epochs: int = 3, n_train: int = 256, n_test: int = 200,
             removed = [int(m.removed.sum()) for m in model.layers]
 
             software = _software_network(config, data, epochs=60)
-            failed = []
-            for block, (w, _) in zip(blocks, software):
-                block.read()
-                targets = 1 / MAPPING.to_resistance(w)
-                for i, g in enumerate(targets.reshape(-1).tolist()):
-                    result = xbar.tune(*block._device(i), min(max(g, G_RANGE[0]), G_RANGE[1]),
-                                       PROGRAMMING.model_copy(update={"reads_to_accept": 5}))
-                    block.last[i] = result.conductance
-                    if not result.tuned:
-                        failed.append({"device": block._device(i), "reason": result.reason})
-            measured = [MAPPING.alpha * (block.read() - 1 / MAPPING.r_c) for block in blocks]
+            transfer = PROGRAMMING.model_copy(update={"reads_to_accept": 5})
+            failed = [f for block, (w, _) in zip(blocks, software)
+                      for f in block.tune_to(1 / MAPPING.to_resistance(w), transfer)]
+            measured = [MAPPING.to_weight(1 / block.read()) for block in blocks]
             ex_situ = _accuracy([m.float() for m in measured], [b for _, b in software], data[2], data[3])
             out = {
                 "in_the_loop_accuracy": in_loop,

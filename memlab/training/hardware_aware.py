@@ -29,8 +29,6 @@ class DatabasePerturbation:
         table, counts = db.disturbance_table(max_key)
         self.table = torch.tensor(table, dtype=torch.float32)
         self.counts = torch.tensor(counts)
-        self.sd = torch.tensor([float(torch.tensor(v).std()) if len(v) > 1 else 0.0
-                                for v in (db.disturbance.get(k, [0.0]) for k in range(max_key + 1))])
 
     def __call__(self, g: torch.Tensor, keys: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         db, shape = self.db, g.shape
@@ -60,7 +58,9 @@ def database_sampler(db: DeviceDatabase | None = None, order: Order = "column-ma
     keys: dict[tuple[int, ...], torch.Tensor] = {}
 
     def sample(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        k = keys.setdefault(tuple(w.shape), disturbance_keys(*w.shape, order))
+        k = keys.get(tuple(w.shape))
+        if k is None:
+            k = keys[tuple(w.shape)] = disturbance_keys(*w.shape, order)
         w_max = w.abs().max()
         g_pos, g_neg = (perturb(g, k, gen) for g in mapping.to_conductance(w, w_max))
         return mapping.to_weight(g_pos, g_neg, w_max).to(w.dtype)
@@ -69,13 +69,12 @@ def database_sampler(db: DeviceDatabase | None = None, order: Order = "column-ma
 
 
 class HardwareAwareLinear(nn.Linear):
-    """nn.Linear whose forward pass sees its weights as programmed on a crossbar tile."""
+    """nn.Linear whose forward pass sees its weights (bias last) as programmed on a crossbar
+    tile: `sample` is a `database_sampler`."""
 
-    def __init__(self, in_features: int, out_features: int, perturb: DatabasePerturbation,
-                 mapping: DifferentialMapping, order: Order = "column-major", gen: torch.Generator | None = None):
+    def __init__(self, in_features: int, out_features: int, sample, gen: torch.Generator | None = None):
         super().__init__(in_features, out_features)
-        self.perturb, self.mapping = perturb, mapping
-        self.register_buffer("keys", disturbance_keys(out_features, in_features + 1, order), persistent=False)
+        self.sample = sample
         self.gen = gen or torch.Generator().manual_seed(0)
         self.hardware = True
 
@@ -83,9 +82,7 @@ class HardwareAwareLinear(nn.Linear):
         w = with_bias(self.weight, self.bias)
         if self.hardware:
             with torch.no_grad():
-                w_max = w.abs().max()
-                g_pos, g_neg = (self.perturb(g, self.keys, self.gen) for g in self.mapping.to_conductance(w, w_max))
-                delta = self.mapping.to_weight(g_pos, g_neg, w_max) - w
+                delta = self.sample(w, self.gen) - w
             w = w + delta
         return x @ w[:, :-1].T + w[:, -1]
 
@@ -110,11 +107,10 @@ class MoonsConfig(BaseModel):
 def make_moons_network(config: MoonsConfig, db: DeviceDatabase | None = None) -> nn.Sequential:
     torch.manual_seed(config.seed)
     if config.hardware_aware:
-        perturb = DatabasePerturbation(db or DeviceDatabase.tio2_measured())
-        mapping = DifferentialMapping(*(db or DeviceDatabase.tio2_measured()).g_range)
+        sample = database_sampler(db, config.order)
         gen = torch.Generator().manual_seed(config.seed + 1)
-        layers = [HardwareAwareLinear(2, config.hidden, perturb, mapping, config.order, gen), nn.Sigmoid(),
-                  HardwareAwareLinear(config.hidden, 1, perturb, mapping, config.order, gen)]
+        layers = [HardwareAwareLinear(2, config.hidden, sample, gen), nn.Sigmoid(),
+                  HardwareAwareLinear(config.hidden, 1, sample, gen)]
     else:
         layers = [nn.Linear(2, config.hidden), nn.Sigmoid(), nn.Linear(config.hidden, 1)]
     return nn.Sequential(*layers)

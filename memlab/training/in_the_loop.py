@@ -126,6 +126,18 @@ class CrossbarBlock:
         self.last[:] = [self.xbar.read(*self._device(i)).conductance for i in range(self.rows * self.cols)]
         return torch.from_numpy(self.last.copy()).view(self.rows, self.cols)
 
+    def tune_to(self, targets: torch.Tensor, tune: TuneParams) -> list[dict]:
+        """Write-verify every device to its target conductance (S, rows x cols, clipped to
+        the range); returns the devices that failed, with why."""
+        lo, hi = self.g_range
+        failed = []
+        for i, g in enumerate(targets.reshape(-1).tolist()):
+            result = self.xbar.tune(*self._device(i), min(max(g, lo), hi), tune)
+            self.last[i] = result.conductance
+            if not result.tuned:
+                failed.append({"device": self._device(i), "reason": result.reason})
+        return failed
+
     def program(self, idx: torch.Tensor, requested_dg: torch.Tensor) -> torch.Tensor:
         lo, hi = self.g_range
         for i, dg in zip(idx.tolist(), requested_dg.tolist()):
