@@ -143,7 +143,9 @@ def _noise_injection(job: TrainJob, run: Run) -> tuple[dict, str]:
     data = load_mnist()
     model, history = train_mlp(config, data, job.seed)
     gen = torch.Generator().manual_seed(job.seed)
-    table = {str(level): evaluate(model, data.x_test, data.y_test, level / 100, job.evaluate.draws, gen)
+    # inference noise of the kind trained with (for `database`, any level above 0 is one database draw)
+    table = {str(level): evaluate(model, data.x_test, data.y_test, level / 100, job.evaluate.draws, gen,
+                                  config.noise_model, config.database_sampler)
              for level in job.evaluate.noise_levels}
     plot_training_curves({"training": history}, run.path / "training.png")
     text = _table(f"noise injection ({config.noise_model}, level {config.noise_level}): test accuracy, "
