@@ -24,7 +24,6 @@ SMU_PULSE_MIN_WIDTH = 0.5e-3
 SMU_PULSE_MIN_PERIOD = 5e-3
 
 _FIELD = re.compile(r"^([A-Z])([A-J Z])([A-Za-z])([+-]\d{3}\.\d{3}E[+-]\d{2})$")
-_ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
 _COMMAND = re.compile(r"^\s*(\*?[A-Z]+\??)\s*(.*)$", re.IGNORECASE)
 # Commands the guard lets through unchecked: none of them sources anything. Every other
 # command (sweeps, staircases, RZ restoring zeroed outputs, ...) is refused on the host.
@@ -69,6 +68,7 @@ def _num(x: float) -> str:
 class B1500A(VisaInstrument, SourceMeter):
     read_termination = "\r\n"
     write_termination = "\r\n"
+    error_query = "ERRX?"
 
     def __init__(self, resource: str, *, limits: Limits, name: str = "B1500A", **visa):
         super().__init__(resource, name=name, **visa)
@@ -222,38 +222,6 @@ class B1500A(VisaInstrument, SourceMeter):
         if setup["width"] is not None and setup["peak"] is not None:
             self.limits.check_pulse(setup["peak"], setup["width"], setup["compliance"], f"{self.name}: ")
         return setup
-
-    def send(self, *commands: str) -> None:
-        """Send commands in one message and check the error queue in the same round trip."""
-        message = ";".join([*commands, "ERRX?"])
-        try:
-            reply = self.query(message)
-        except TimeoutError:
-            # A failing command may stop the rest of its message, ERRX? included (the
-            # emulator does so): ask the error queue on its own before giving up.
-            self._check(self.query("ERRX?"), message)
-            raise
-        self._check(reply, message)
-
-    def check_errors(self) -> None:
-        self._check(self.query("ERRX?", retries=1), "")
-
-    def _check(self, reply: str, message: str) -> None:
-        reply = reply.strip()
-        if reply == NO_ERROR:
-            return
-        m = _ERROR.match(reply)
-        if not m:
-            raise ReplyError(f"{self.name}: unexpected reply {reply!r} to ERRX? (after {message!r})")
-        code, text = int(m.group(1)), m.group(2)
-        if code != 0:
-            self._clear_error_queue()
-            raise InstrumentError(self.name, code, text, message)
-
-    def _clear_error_queue(self, limit: int = 40) -> None:
-        for _ in range(limit):
-            if self.query("ERRX?", retries=1).strip() == NO_ERROR:
-                return
 
     def measure(self, message: str) -> list[Reading]:
         """A measurement query. On silence the error queue says why; if it is empty the

@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .errors import InstrumentError, LimitError, ReplyError
+from .errors import LimitError, ReplyError
 from .interfaces import SwitchMatrix
 from .visa import VisaInstrument
 
 Route = tuple[int, int]  # (input port, output port)
-_ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
 MAX_CHANNELS_PER_MESSAGE = 40  # keeps messages well under the instrument's buffer
 
 
@@ -27,6 +26,7 @@ def channel_list(routes: Iterable[Route]) -> str:
 class E5250A(VisaInstrument, SwitchMatrix):
     read_termination = "\n"
     write_termination = "\n"
+    error_query = ":SYST:ERR?"
 
     def __init__(self, resource: str, *, name: str = "E5250A", **visa):
         super().__init__(resource, name=name, **visa)
@@ -95,29 +95,3 @@ class E5250A(VisaInstrument, SwitchMatrix):
             self.open_all()
 
         self.make_safe(open_everything)
-
-    # --- messaging ------------------------------------------------------------------------
-
-    def send(self, *commands: str) -> None:
-        """Commands in one message, then the error queue read in the same round trip."""
-        message = ";".join([*commands, ":SYST:ERR?"])
-        try:
-            reply = self.query(message).strip()
-        except TimeoutError:
-            # A command error discards the rest of its message, :SYST:ERR? included
-            # (IEEE 488.2): ask the error queue on its own before giving up.
-            reply = self.query(":SYST:ERR?").strip()
-            if reply.startswith(("0", "+0")):
-                raise
-        m = _ERROR.match(reply)
-        if not m:
-            raise ReplyError(f"{self.name}: unexpected reply {reply!r} to :SYST:ERR?")
-        code = int(m.group(1))
-        if code != 0:
-            self._clear_error_queue()
-            raise InstrumentError(self.name, code, m.group(2), message)
-
-    def _clear_error_queue(self, limit: int = 40) -> None:
-        for _ in range(limit):
-            if self.query(":SYST:ERR?", retries=1).strip().startswith(("0", "+0")):
-                return

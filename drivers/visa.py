@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import select
 import socket
 import time
@@ -18,7 +19,10 @@ import pyvisa
 from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
-from .errors import InstrumentNotAnswering, InstrumentTimeout, ReplyError
+from .errors import InstrumentError, InstrumentNotAnswering, InstrumentTimeout, ReplyError
+
+
+_ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')   # <code>,"<message>"
 
 
 @functools.cache
@@ -30,6 +34,7 @@ def resource_manager(library: str = "@py") -> pyvisa.ResourceManager:
 class VisaInstrument:
     read_termination = "\n"
     write_termination = "\n"
+    error_query = ""   # the error-queue query, answered <code>,"<message>" (0: no error)
 
     def __init__(self, resource: str, *, name: str | None = None, timeout_s: float = 5.0,
                  visa_library: str = "@py"):
@@ -151,6 +156,41 @@ class VisaInstrument:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} at {self.resource_name}>"
+
+
+    # --- the error queue ------------------------------------------------------------------
+
+    def send(self, *commands: str) -> None:
+        """Commands in one message, then the error queue read in the same round trip."""
+        message = ";".join([*commands, self.error_query])
+        try:
+            reply = self.query(message)
+        except TimeoutError:
+            # A failing command may discard the rest of its message, the error query
+            # included: ask the error queue on its own before giving up.
+            self._raise_on_error(self.query(self.error_query), message)
+            raise
+        self._raise_on_error(reply, message)
+
+    def check_errors(self) -> None:
+        self._raise_on_error(self.query(self.error_query, retries=1), "")
+
+    def _raise_on_error(self, reply: str, message: str) -> None:
+        code, text = self._parse_error(reply)
+        if code != 0:
+            self._clear_error_queue()
+            raise InstrumentError(self.name, code, text, message)
+
+    def _parse_error(self, reply: str) -> tuple[int, str]:
+        m = _ERROR.match(reply.strip())
+        if not m:
+            raise ReplyError(f"{self.name}: unexpected reply {reply.strip()!r} to {self.error_query}")
+        return int(m.group(1)), m.group(2)
+
+    def _clear_error_queue(self, limit: int = 40) -> None:
+        for _ in range(limit):
+            if self._parse_error(self.query(self.error_query, retries=1))[0] == 0:
+                return
 
 
 def _socket_of(res) -> socket.socket | None:
