@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ class Faults:
         self.reply_delay_s, self.mute, self.drop_next, self.garble_next = 0.0, False, False, 0
 
 
+LOG_IN_MEMORY = 200_000
+
+
 @dataclass
 class InstrumentServer:
     core: object
@@ -48,7 +52,9 @@ class InstrumentServer:
     clock: Callable[[], float] | None = None
     log_path: Path | None = None
     faults: Faults = field(default_factory=Faults)
-    log: list[LogEntry] = field(default_factory=list, init=False)
+    # the most recent messages and replies (the whole log goes to log_path when it is set):
+    # bounded, so a long training run on the emulated bench does not grow without limit
+    log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_IN_MEMORY), init=False)
 
     def __post_init__(self) -> None:
         self._listener: socket.socket | None = None
