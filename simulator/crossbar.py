@@ -10,7 +10,10 @@ so any two simulations applying the same events agree, whatever else they do.
 
 Laziness keeps a pulse over a million devices cheap: the drift dose a device collects is
 realized (mean and random part) only when the device is next read or switched, and the
-volatile part of its state relaxes in closed form from a common epoch.
+volatile part of its state relaxes in closed form from a common epoch. Realizing is cheap
+too: the random drift direction of each device's epoch is drawn once, when it starts, and
+the drift already added to the conductance is kept, so a read of every device is a few
+elementwise passes over the doses.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class _P:
 
 
 _P = _P()
+
+# streams and counters of the draws of a switching event (see _switch), as columns
+_SWITCH_STREAMS = torch.tensor([[noise.C2C], [noise.DRIFT], [noise.DRIFT]])
+_SWITCH_SCALE, _SWITCH_SHIFT = torch.tensor([[1], [2], [2]]), torch.tensor([[0], [2], [3]])
 
 
 def _at(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -103,13 +110,19 @@ class CrossbarArray:
         self.stuck_lrs, self.stuck_hrs, self.discordant = stuck_lrs, stuck_hrs, discordant
         self._vol = torch.zeros(shape, **t)   # volatile part, scaled to the epoch
         self._vol_epoch = 0.0
-        # drift doses collected since each device last switched, and the part of them
-        # already turned into conductance change
-        self._dose = torch.zeros((2, *shape), **t)       # [SET polarity, RESET polarity]
-        self._realized = torch.zeros((2, *shape), **t)
-        self._dosed = False                  # no dose yet: nothing to realize anywhere
+        # the drift state, rows of one block as in _static: the doses collected since each
+        # device last switched [SET polarity, RESET polarity], the drift they have already
+        # added to g (_drift of the doses when the device was last realized), and the random
+        # part of the drift at unit dose in the device's present epoch (drift.noise * zeta,
+        # drawn when the epoch starts)
+        self._drift_state = torch.zeros((4, *shape), **t)
+        self._dose, self._applied, self._unit_noise = self._drift_state[:2], self._drift_state[2], self._drift_state[3]
         self._unrealized = False             # doses added since every device was last realized
         self._n_switch = torch.zeros(shape, dtype=torch.int64)
+        if p.drift.noise:
+            dev, first = torch.arange(self.n_devices), torch.zeros(self.n_devices, dtype=torch.int64)
+            draw = lambda counter: noise.keyed_normal(seed, noise.DRIFT, dev, counter, dtype)  # noqa: E731
+            self._unit_noise.view(-1).copy_(self._epoch_noise(draw(first), draw(first + 1)))
         # read and programming noise need no agreement between simulations: an ordinary
         # seeded stream, much faster than the counter-based draws
         self._gen = torch.Generator().manual_seed(seed + 0x5EED)
@@ -126,7 +139,7 @@ class CrossbarArray:
         return self.rows * self.cols
 
     def bytes_per_device(self) -> float:
-        tensors = [self.g, self._static, self._vol, self._dose, self._realized, self._n_switch,
+        tensors = [self.g, self._static, self._vol, self._drift_state, self._n_switch,
                    self.stuck_lrs, self.stuck_hrs, self.discordant]
         return sum(t.element_size() * t.numel() for t in tensors) / self.n_devices
 
@@ -228,12 +241,20 @@ class CrossbarArray:
         drift epoch for them: their drift starts again from zero."""
         p = self.preset
         q = self._static.index_select(1, idx) if params is None else params
-        for plane in (self._dose, self._realized):
-            plane.view(2, -1).index_fill_(1, idx, 0.0)
+        self._drift_state[:3].view(3, -1).index_fill_(1, idx, 0.0)   # doses and applied drift
         g = self.g.view(-1)
         now = _at(g, idx) + self._volatile(idx)
         count = self._n_switch.view(-1)
-        c2c = 1 + p.cycle_noise * noise.keyed_normal(self.seed, noise.C2C, idx, _at(count, idx), self.dtype)
+        n = _at(count, idx)
+        if p.drift.noise:
+            # one draw for this event's cycle-to-cycle noise (counter n) and the drift direction
+            # of the epoch n + 1 it starts (counters 2 n + 2, 2 n + 3)
+            z, z1, z2 = noise.keyed_normal(self.seed, _SWITCH_STREAMS, idx, n * _SWITCH_SCALE + _SWITCH_SHIFT,
+                                           self.dtype)
+            self._unit_noise.view(-1).index_copy_(0, idx, self._epoch_noise(z1, z2))
+        else:
+            z = noise.keyed_normal(self.seed, noise.C2C, idx, n, self.dtype)
+        c2c = 1 + p.cycle_noise * z
         count.index_add_(0, idx, torch.ones_like(idx))
         change = (target - now) * moved * c2c.clamp(min=0) * q[_P.FAULT]
         change = torch.minimum(torch.maximum(now + change, q[_P.G_MIN]), q[_P.G_MAX]) - now
@@ -268,7 +289,7 @@ class CrossbarArray:
         `sensitivity_included` they are raw doses, scaled here by each device's sensitivity:
         for callers that account for many half-select pulses at once."""
         planes = self._dose.view(2, -1)
-        self._dosed = self._unrealized = True
+        self._unrealized = True
         if not sensitivity_included:
             s = self.sensitivity.view(-1) if idx is None else _at(self.sensitivity, idx)
             set_dose, reset_dose = set_dose * s, reset_dose * s
@@ -279,48 +300,50 @@ class CrossbarArray:
             planes[0].index_add_(0, idx, set_dose)
             planes[1].index_add_(0, idx, reset_dose)
 
-    def _drift(self, dose: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
-        """Drift after collecting `dose` ([SET, RESET] x n) since the last switch (see
-        `device.Drift`)."""
+    def _drift(self, dose: torch.Tensor, unit_noise: torch.Tensor) -> torch.Tensor:
+        """Drift after collecting `dose` ([SET, RESET] x ...) since the last switch, for
+        random parts `unit_noise` at unit dose (see `device.Drift`); a new tensor."""
         d = self.preset.drift
         total = dose[0] + dose[1]
-        mean = d.set_rate * dose[0] - d.reset_rate * dose[1]
+        mean = dose[0] * d.set_rate
+        mean -= dose[1] * d.reset_rate
         if d.mean_exponent != 1:
-            mean = mean * torch.where(total > 0, total, 1.0) ** (d.mean_exponent - 1)
-        return mean + d.noise * zeta * total ** d.noise_exponent
+            mean *= torch.where(total > 0, total, 1.0).pow_(d.mean_exponent - 1)
+        return mean.add_(total.pow_(d.noise_exponent).mul_(unit_noise))
 
-    def _zeta(self, idx: torch.Tensor) -> torch.Tensor:
-        """The random drift direction of each device's present epoch: mean 0, sd 1,
-        skewness -8 a^3 / (1 + 2 a^2) ** 1.5 for a = drift.skew."""
-        epoch = _at(self._n_switch, idx)
-        z1 = noise.keyed_normal(self.seed, noise.DRIFT, idx, 2 * epoch, self.dtype)
-        a = self.preset.drift.skew
-        if not a:
-            return z1
-        z2 = noise.keyed_normal(self.seed, noise.DRIFT, idx, 2 * epoch + 1, self.dtype)
-        return (z1 - a * (z2 * z2 - 1)) / math.sqrt(1 + 2 * a * a)
+    def _epoch_noise(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """drift.noise times zeta, the random drift direction of an epoch, from its two
+        standard normal draws (zeta: mean 0, sd 1, skewness -8 a^3 / (1 + 2 a^2) ** 1.5 for
+        a = drift.skew; the draws are those of counters 2 n and 2 n + 1 in epoch n)."""
+        d = self.preset.drift
+        a = d.skew
+        zeta = (z1 - a * (z2 * z2 - 1)) / math.sqrt(1 + 2 * a * a) if a else z1
+        return d.noise * zeta
 
     def _realize(self, idx: torch.Tensor) -> None:
-        """Bring the conductance of devices `idx` (flat) up to date with their drift doses."""
-        if not self._dosed:
+        """Bring the conductance of devices `idx` (flat) up to date with their drift doses.
+        Stuck devices do not move: their bounds are their conductance."""
+        if not self._unrealized:
             return
-        dose = self._dose.view(2, -1).index_select(1, idx)
-        done = self._realized.view(2, -1).index_select(1, idx)
-        pending = (dose != done).any(dim=0) & (_at(self.fault_factor, idx) != 0)
-        if not bool(pending.any()):
+        state = self._drift_state.view(4, -1).index_select(1, idx)
+        if not bool(state[:2].any()):   # no dose since they switched (write-verify rereads)
             return
-        keep = torch.nonzero(pending).squeeze(1)
-        idx, dose, done = idx.index_select(0, keep), dose.index_select(1, keep), done.index_select(1, keep)
-        zeta = self._zeta(idx)
-        change = self._drift(dose, zeta) - self._drift(done, zeta)
+        drift = self._drift(state[:2], state[3])
+        lo, _, hi = self._static[_P.G_MIN:_P.G_MAX + 1].index_select(1, idx)
         g = self.g.view(-1)
-        g.index_copy_(0, idx, torch.minimum(torch.maximum(_at(g, idx) + change, _at(self.g_min, idx)), _at(self.g_max, idx)))
-        self._realized.view(2, -1).index_copy_(1, idx, dose)
+        now = _at(g, idx) + (drift - state[2])
+        g.index_copy_(0, idx, torch.minimum(torch.maximum(now, lo), hi))
+        self._applied.view(-1).index_copy_(0, idx, drift)
 
     def _realize_all(self) -> None:
-        if self._unrealized:
-            self._realize(torch.arange(self.n_devices))
-            self._unrealized = False
+        """`_realize` of every device, in place, without gathers."""
+        if not self._unrealized:
+            return
+        drift = self._drift(self._dose, self._unit_noise)
+        self.g += drift - self._applied
+        torch.clamp(self.g, self.g_min, self.g_max, out=self.g)
+        self._applied.copy_(drift)
+        self._unrealized = False
 
     # --- observation ------------------------------------------------------------------------------
 

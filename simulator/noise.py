@@ -40,11 +40,17 @@ def _splitmix(x: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def keyed_normal(seed: int, stream: int, device: torch.Tensor, counter: torch.Tensor,
+def keyed_normal(seed: int, stream: int | torch.Tensor, device: torch.Tensor, counter: torch.Tensor,
                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Standard normal draws, one per (device, counter) pair (int64 tensors, same shape).
-    One 64-bit hash per draw; its two 32-bit halves are the Box-Muller uniforms."""
-    h = _splitmix((device * _K_DEVICE) ^ (counter * _K_COUNT) ^ _signed(seed + stream * _K_STREAM))
+    """Standard normal draws, one per (device, counter) pair (int64 tensors, broadcast
+    together), of one stream or of a stream per draw (an int64 tensor broadcast with them:
+    several kinds of draw in one call). One 64-bit hash per draw; its two 32-bit halves are
+    the Box-Muller uniforms."""
+    if isinstance(stream, torch.Tensor):
+        key = stream * _K_STREAM + _signed(seed)   # int64 arithmetic wraps as _signed does
+    else:
+        key = _signed(seed + stream * _K_STREAM)
+    h = _splitmix((device * _K_DEVICE) ^ (counter * _K_COUNT) ^ key)
     u1 = ((h & 0xFFFFFFFF).to(torch.float64) + 1.0) * (1.0 / 4294967296.0)   # (0, 1]
     u2 = _shr(h, 32).to(torch.float64) * (1.0 / 4294967296.0)
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)).to(dtype)

@@ -125,6 +125,36 @@ def test_half_select_drift_mean_is_negative_and_depends_on_dose_only():
     assert (b.conductance() - 300e-6)[~b.stuck].mean() < -0.5e-6  # and they did drift, downwards
 
 
+def test_lazy_drift_is_the_eager_drift_across_switching():
+    """Reading after every pulse (each read realizes the drift so far: single devices or the
+    whole map) and reading once at the end give the same conductances while devices switch
+    again and again (each switch starts a new drift epoch) and keep collecting half-select
+    doses in between. The per-device drift caches stay what they stand for: the random part
+    of each device's drift is the one drawn for (seed, device, present epoch), and a device
+    with no dose since it switched has no drift applied."""
+    p = load_preset("tio2-passive")
+    eager, lazy = CrossbarArray(8, 8, p, seed=11), CrossbarArray(8, 8, p, seed=11)
+    for a in (eager, lazy):
+        a.g[~a.stuck] = 300e-6
+    for k in range(60):
+        # device (2, 5) is selected every other pulse, the others in turn
+        row, col = (2, 5) if k % 2 else divmod((7 * k + 3) % 64, 8)
+        lines = v3(8, [1.5, -1.75, 1.45, -1.7][k % 4], row, col)
+        eager.apply_lines(*lines, 1e-6)
+        lazy.apply_lines(*lines, 1e-6)
+        eager.sample() if k % 3 == 0 else eager.sample(torch.tensor([2 * 8 + 5, row * 8 + col, 63]))
+    assert int(lazy._n_switch.view(-1)[2 * 8 + 5]) >= 20 and int((lazy._n_switch > 0).sum()) > 20
+    assert torch.allclose(eager.conductance(), lazy.conductance(), rtol=1e-6, atol=0)
+    for a in (eager, lazy):
+        dev, epoch = torch.arange(a.n_devices), a._n_switch.view(-1)
+        fresh = a._epoch_noise(*(noise.keyed_normal(11, noise.DRIFT, dev, 2 * epoch + j) for j in (0, 1)))
+        assert torch.equal(a._unit_noise.view(-1), fresh)
+        undosed = a._dose.sum(dim=0) == 0
+        assert undosed.any() and torch.all(a._applied[undosed] == 0)
+    never = (lazy._n_switch == 0) & ~lazy.stuck
+    assert (lazy.conductance() - 300e-6)[never].abs().mean() > 0.5e-6  # and the others did drift
+
+
 def test_disturbance_grows_with_the_number_of_half_select_pulses():
     p = load_preset("tio2-passive").with_faults(stuck_lrs=0, stuck_hrs=0)
     a = CrossbarArray(32, 32, p, seed=4)
@@ -190,6 +220,8 @@ def test_keyed_noise_depends_only_on_its_key():
     assert torch.equal(a[500:], noise.keyed_normal(7, noise.C2C, dev[500:], cnt[500:]))
     assert not torch.equal(a, noise.keyed_normal(7, noise.C2C, dev, cnt + 1))
     assert not torch.equal(a, noise.keyed_normal(8, noise.C2C, dev, cnt))
+    both = noise.keyed_normal(7, torch.tensor([[noise.C2C], [noise.DRIFT]]), dev, cnt)  # a stream per draw
+    assert torch.equal(both[0], a) and torch.equal(both[1], noise.keyed_normal(7, noise.DRIFT, dev, cnt))
     big = noise.keyed_normal(1, noise.DRIFT, torch.arange(200_000), torch.zeros(200_000, dtype=torch.int64))
     assert abs(float(big.mean())) < 0.01 and abs(float(big.std()) - 1) < 0.01
 
