@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import LimitError
 from .interfaces import Crossbar, Pulse, Read, Scheme, SourceMeter, SwitchMatrix
 from .limits import Limits
 
@@ -82,6 +83,7 @@ class InstrumentCrossbar(Crossbar):
                    if ch not in self.source.source_channels()]
         if missing:
             raise ValueError(f"{self.source.name} has no source channel for: {', '.join(missing)}")
+        self.check_wiring(*self.switch.size())
         # A previous session may have died energized (SIGKILL, power cut): sources off
         # first, then relays, before anything is switched on.
         self.source.safe_state()
@@ -90,6 +92,22 @@ class InstrumentCrossbar(Crossbar):
         self.source.enable(channels)
         self.source.set_voltages({ch: 0.0 for ch in channels})
         return self
+
+    def check_wiring(self, inputs: int, outputs: int) -> None:
+        """Every line and role within the switch's ports (as the instrument reports them)."""
+        w = self.wiring
+        for kind, ports in (("rows", w.rows), ("columns", w.columns)):
+            for i, port in enumerate(ports):
+                if port > outputs:
+                    raise ValueError(f"wiring.{kind}[{i}]: switch output port {port}, but "
+                                     f"{self.switch.name} has {outputs} output ports")
+        for role in ROLES:
+            if self._in[role] > inputs:
+                raise ValueError(f"wiring.{role}.switch_input: input port {self._in[role]}, but "
+                                 f"{self.switch.name} has {inputs} input ports")
+
+    def pulses_sent(self) -> int:
+        return self.source.pulses_sent
 
     def _route(self, row: int, col: int) -> None:
         if self._levels_unknown:  # never move relays under a level that may still be on
@@ -133,7 +151,12 @@ class InstrumentCrossbar(Crossbar):
             self.source.set_voltages(up)
             m = self.source.pulse(ch["drive"], row_bias, voltage, width)
         finally:
-            self._zero(self._staircase(row_bias, col_bias, down=True))
+            try:
+                self._zero(self._staircase(row_bias, col_bias, down=True))
+            except LimitError:
+                # after a failed message the guard no longer knows the levels, and refuses a
+                # staircase it cannot bound: every bias straight to 0 V, which it always allows
+                self._zero({c: 0.0 for c in ch.values()})
         return Pulse(row, col, voltage, width, str(scheme), m.value, m.compliance)
 
     def _staircase(self, row_bias: float, col_bias: float, down: bool = False) -> list[tuple[int, float]]:

@@ -3,52 +3,198 @@
 Used in auto-configuration mode: card number 0, inputs 1..10, outputs 1..12 x cards.
 The FREE connection rule is needed (one input drives many lines under the V/3 scheme),
 and under it the mainframe would let two inputs share an output (which the manual warns
-can damage the instruments), so this driver refuses any close that would do that.
+can damage the instruments), so the guard refuses any close that would do that, whoever
+builds the message. The relays the guard counts as closed are the driver's `closed`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from .errors import LimitError, ReplyError
+from .guard import Grammar, integer
 from .interfaces import SwitchMatrix
 from .visa import VisaInstrument
 
 Route = tuple[int, int]  # (input port, output port)
 MAX_CHANNELS_PER_MESSAGE = 40  # keeps messages well under the instrument's buffer
+INPUTS = 10
+OUTPUTS_PER_CARD = 12
+MAX_CARDS = 4
 
 
 def channel_list(routes: Iterable[Route]) -> str:
     return "(@" + ",".join(f"0{i:02d}{o:02d}" for i, o in sorted(routes)) + ")"
 
 
+# --- the guard's grammar ------------------------------------------------------------------------
+
+@dataclass
+class SwitchState:
+    closed: set[Route] | None = None      # relays that may be closed; None: unknown
+    auto_config: bool = False             # :ROUT:FUNC ACON sent in this session
+
+
+# SCPI headers the guard knows, short or long form, the :ROUTe root optional
+_HEADERS = {name: re.compile(pattern) for name, pattern in {
+    "close": r"(:ROUTE?)?:CLOSE?(:LIST)?",
+    "open": r"(:ROUTE?)?:OPEN(:LIST)?",
+    "open_card": r"(:ROUTE?)?:OPEN:CARD",
+    "close_card": r"(:ROUTE?)?:CLOSE?:CARD",
+    "function": r"(:ROUTE?)?:FUNC(TION)?",
+    "rule": r"(:ROUTE?)?:CONN(ECTION)?:RULE",
+    "sequence": r"(:ROUTE?)?:CONN(ECTION)?:SEQ(UENCE)?",
+    "error": r":SYST(EM)?:ERR(OR)?(:NEXT)?",
+    "card_type": r":SYST(EM)?:CTYP(E)?",
+}.items()}
+_QUERIES = frozenset({"close", "open", "function", "rule", "sequence", "error", "card_type", "close_card"})
+_COMMON = frozenset({"*IDN?", "*OPC?", "*OPC", "*ESR?", "*CLS", "*WAI"})
+_CHANNEL = re.compile(r"^(\d)(\d\d)(\d\d)$")
+
+
+class SwitchGrammar(Grammar[SwitchState]):
+    """The E5250A commands memlab needs. A close is allowed only in auto configuration with
+    the relay state known, and only if afterwards no output has two inputs (two bias roles
+    on one line, or two sources shorted); opening is always allowed; anything else is refused."""
+
+    def __init__(self, outputs: int = OUTPUTS_PER_CARD * MAX_CARDS):
+        self.outputs = outputs
+
+    def unknown_state(self) -> SwitchState:
+        return SwitchState()
+
+    def copy(self, s: SwitchState) -> SwitchState:
+        return SwitchState(None if s.closed is None else set(s.closed), s.auto_config)
+
+    def commands(self, message: str) -> list[str]:
+        return [c for c in message.split(";") if c.strip()]   # no ';' inside a channel list
+
+    def apply(self, s: SwitchState, command: str, where: str) -> None:
+        text = command.strip()
+        head, _, rest = text.partition(" ")
+        head, rest = head.upper(), rest.strip()
+        if head == "*RST" and not rest:
+            s.closed, s.auto_config = set(), False   # all relays open; configuration: set it again
+            return
+        if head in _COMMON:
+            if rest:
+                raise LimitError(f"{where}{head} takes no parameters")
+            return
+        query = head.endswith("?")
+        body = head.rstrip("?")
+        if not body.startswith(":"):
+            raise LimitError(f"{where}only absolute headers (':ROUT:...') can be checked")
+        names = [n for n, pattern in _HEADERS.items() if pattern.fullmatch(body)]
+        if not names or (query and names[0] not in _QUERIES):
+            raise LimitError(f"{where}{head} is not covered by the bench limits")
+        if query:
+            return
+        getattr(self, f"_{names[0]}", self._refuse)(s, rest, where)
+
+    # --- commands -------------------------------------------------------------------------
+
+    def _refuse(self, s, rest, where):
+        raise LimitError(f"{where}not covered by the bench limits")
+
+    def _routes(self, rest: str, where: str) -> set[Route]:
+        m = re.fullmatch(r"\(@([^()]*)\)", rest)
+        if not m or not m.group(1).strip():
+            raise LimitError(f"{where}not a channel list (@CIIOO,...)")
+        routes = set()
+        for token in m.group(1).split(","):
+            ch = _CHANNEL.match(token.strip())
+            if not ch:
+                raise LimitError(f"{where}channel {token.strip()!r} is not CIIOO (ranges are not checked)")
+            card, inp, out = (int(g) for g in ch.groups())
+            if card != 0 or not 1 <= inp <= INPUTS or not 1 <= out <= self.outputs:
+                raise LimitError(f"{where}channel {token.strip()} is not an auto-configuration channel "
+                                 f"0IIOO with input 1-{INPUTS} and output 1-{self.outputs}")
+            routes.add((inp, out))
+        return routes
+
+    def _close(self, s, rest, where):
+        routes = self._routes(rest, where)
+        if s.closed is None or not s.auto_config:
+            raise LimitError(f"{where}relay state or configuration mode not known in this session "
+                             f"(*RST and :ROUT:FUNC ACON first)")
+        owner: dict[int, int] = {}
+        for inp, out in sorted(s.closed | routes):
+            if owner.setdefault(out, inp) != inp:
+                raise LimitError(f"{where}would connect inputs {owner[out]} and {inp} together on output {out}")
+        s.closed |= routes
+
+    def _open(self, s, rest, where):
+        routes = self._routes(rest, where)
+        if s.closed is not None:
+            s.closed -= routes
+
+    def _open_card(self, s, rest, where):
+        if rest.upper() in ("ALL", "0"):
+            s.closed = set()
+        elif not 1 <= integer(rest, where) <= MAX_CARDS:
+            raise LimitError(f"{where}card {rest} does not exist")
+        # one card's relays opened: counting them as still closed errs on the safe side
+
+    def _function(self, s, rest, where):
+        if rest.upper() not in ("ACON", "ACONFIG", "NCON", "NCONFIG"):
+            raise LimitError(f"{where}unknown configuration mode {rest!r}")
+        s.auto_config = rest.upper().startswith("ACON")
+
+    def _rule(self, s, rest, where):
+        # the rule cannot create a join the close check has not refused: FREE or SROU
+        self._card_setting(rest, ("FREE", "SROU", "SROUTE"), where)
+
+    def _sequence(self, s, rest, where):
+        self._card_setting(rest, ("BBM", "MBBR", "MBBREAK", "NSEQ", "NSEQUENCE"), where)
+
+    def _card_setting(self, rest: str, allowed: tuple[str, ...], where: str) -> None:
+        card, _, value = rest.partition(",")
+        if not (card.strip().upper() == "ALL" or card.strip().isdigit()) or value.strip().upper() not in allowed:
+            raise LimitError(f"{where}cannot check parameters {rest!r}")
+
+    def doubt(self, before: SwitchState, after: SwitchState) -> SwitchState:
+        closed = None if None in (before.closed, after.closed) else before.closed | after.closed
+        return SwitchState(closed, before.auto_config and after.auto_config)
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
 class E5250A(VisaInstrument, SwitchMatrix):
     read_termination = "\n"
     write_termination = "\n"
     error_query = ":SYST:ERR?"
+    max_ports = (INPUTS, OUTPUTS_PER_CARD * MAX_CARDS)   # (inputs, outputs) of a full mainframe
 
     def __init__(self, resource: str, *, name: str = "E5250A", **visa):
-        super().__init__(resource, name=name, **visa)
+        super().__init__(resource, name=name, grammar=SwitchGrammar(), **visa)
         self.identity = ""
-        self.closed: set[Route] = set()
+
+    @property
+    def closed(self) -> set[Route]:
+        """Relays that are, or may be, closed (as far as this session knows)."""
+        return set(self.guard.state.closed or ())
 
     def initialize(self) -> None:
-        """Identify, select auto configuration and the FREE rule, and learn the relay state."""
+        """Reset (all relays open), identify, select auto configuration and the FREE rule, and
+        take any relay the instrument still reports closed as closed."""
+        self.send("*RST")
         self.identity = self.query("*IDN?", retries=1).strip()
         self.send(":ROUT:FUNC ACON", ":ROUT:CONN:RULE ALL,FREE", ":ROUT:CONN:SEQ ALL,BBM")
-        self.closed = self.read_closed()
+        self.guard.state.closed |= self.read_closed()
 
     def card_types(self) -> dict[int, str]:
         types = {}
-        for card in range(1, 5):
+        for card in range(1, MAX_CARDS + 1):
             reply = self.query(f":SYST:CTYP? {card}", retries=1).strip().strip('"')
             if reply and reply.upper() not in ("NONE", "0"):
                 types[card] = reply
         return types
 
-    def output_ports(self) -> int:
-        return 12 * len(self.card_types())
+    def size(self) -> tuple[int, int]:
+        """(input ports, output ports) of the installed cards."""
+        return INPUTS, OUTPUTS_PER_CARD * len(self.card_types())
 
     def read_closed(self) -> set[Route]:
         reply = self.query(":ROUT:CLOS:CARD? 0", retries=1)
@@ -62,32 +208,23 @@ class E5250A(VisaInstrument, SwitchMatrix):
     # --- relays ---------------------------------------------------------------------------
 
     def connect(self, routes: Iterable[Route]) -> None:
-        routes = set(routes) - self.closed
-        if not routes:
-            return
-        after = self.closed | routes
-        owner: dict[int, int] = {}
-        for inp, out in sorted(after):
-            if owner.setdefault(out, inp) != inp:
-                raise LimitError(f"{self.name}: closing {channel_list(routes)} would connect inputs "
-                                 f"{owner[out]} and {inp} together on output {out}")
-        self.closed |= routes  # before sending: if the close fails it may still have happened
-        self._relays(":ROUT:CLOS", routes)
+        messages = self._relay_messages(":ROUT:CLOS", set(routes) - self.closed)
+        self.guard.check(";".join(messages))   # all or nothing: refused before the first part goes
+        for message in messages:
+            self.send(message)
 
     def disconnect(self, routes: Iterable[Route]) -> None:
-        routes = set(routes) & self.closed
-        if routes:
-            self._relays(":ROUT:OPEN", routes)
-            self.closed -= routes
+        for message in self._relay_messages(":ROUT:OPEN", set(routes) & self.closed):
+            self.send(message)
 
     def open_all(self) -> None:
         self.send(":ROUT:OPEN:CARD ALL")
-        self.closed.clear()
 
-    def _relays(self, command: str, routes: set[Route]) -> None:
+    @staticmethod
+    def _relay_messages(command: str, routes: set[Route]) -> list[str]:
         ordered = sorted(routes)
-        for k in range(0, len(ordered), MAX_CHANNELS_PER_MESSAGE):
-            self.send(f"{command} {channel_list(ordered[k:k + MAX_CHANNELS_PER_MESSAGE])}")
+        return [f"{command} {channel_list(ordered[k:k + MAX_CHANNELS_PER_MESSAGE])}"
+                for k in range(0, len(ordered), MAX_CHANNELS_PER_MESSAGE)]
 
     def safe_state(self) -> None:
         def open_everything():

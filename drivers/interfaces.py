@@ -8,9 +8,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from .signals import signals_deferred
 
 if TYPE_CHECKING:
     from .write_verify import TuneParams, TuneResult
@@ -58,6 +60,8 @@ class SourceMeter(ABC):
         """Raise (LimitError, ValueError) if `pulse` with these arguments would be refused;
         sends nothing, so a caller can refuse before setting anything up for the pulse."""
 
+    pulses_sent: int = 0  # pulses that have left the host (an unconfirmed one included)
+
     @abstractmethod
     def safe_state(self) -> None:
         """Every output to 0 V, then disabled."""
@@ -80,6 +84,15 @@ class SwitchMatrix(ABC):
 
     @abstractmethod
     def open_all(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def closed(self) -> set[tuple[int, int]]:
+        """Routes (input, output) that are, or may be, closed."""
+
+    @abstractmethod
+    def size(self) -> tuple[int, int]:
+        """(input ports, output ports) as the instrument reports them."""
 
     @abstractmethod
     def safe_state(self) -> None:
@@ -123,8 +136,23 @@ class Pulse:
 Recorder = Callable[[str, dict], None]
 
 
+class Journal(Protocol):
+    """Where operations are written down (the run store): each one as intended before it
+    starts, then completed with its outcome, so one whose outcome is unknown is there too."""
+
+    def begin(self, op: str, fields: dict) -> int: ...
+
+    def end(self, entry: int, op: str, fields: dict) -> None: ...
+
+    def record(self, op: str, fields: dict) -> None: ...
+
+
 class Crossbar(ABC):
-    """A crossbar seen by protocols and trainers: read, pulse with a bias scheme, tune."""
+    """A crossbar seen by protocols and trainers: read, pulse with a bias scheme, tune.
+
+    Every read and pulse goes to the `journal` (if one is set) as intended before anything
+    is sent and as completed after: `read` or `read_failed`; `pulse`, `pulse_unknown` (sent,
+    not confirmed) or `pulse_not_sent`. `recorders` are told of each completed operation."""
 
     rows: int
     cols: int
@@ -132,6 +160,7 @@ class Crossbar(ABC):
 
     def __init__(self) -> None:
         self.recorders: list[Recorder] = []
+        self.journal: Journal | None = None
 
     @abstractmethod
     def _read(self, row: int, col: int, voltage: float) -> Read: ...
@@ -141,6 +170,10 @@ class Crossbar(ABC):
 
     @abstractmethod
     def safe_state(self) -> None: ...
+
+    @abstractmethod
+    def pulses_sent(self) -> int:
+        """Pulses that have left for the devices so far (an unconfirmed one included)."""
 
     def close(self) -> None:
         self.safe_state()
@@ -155,15 +188,33 @@ class Crossbar(ABC):
         """Current through one device with `voltage` (default: the read voltage) across it,
         every other line at 0 V; `conductance` is current / voltage."""
         self._check_device(row, col)
-        result = self._read(row, col, self.read_voltage if voltage is None else voltage)
-        self._record("read", result)
+        voltage = self.read_voltage if voltage is None else voltage
+        if not voltage:
+            raise ValueError(f"read of ({row}, {col}): a read needs a non-zero voltage")
+        intended = {"row": row, "col": col, "voltage": voltage}
+        try:
+            self._begin("read", intended)
+            result = self._read(row, col, voltage)
+        except BaseException as exc:
+            self._end("read_failed", {**intended, "error": _why(exc)})
+            raise
+        self._end("read", result)
         return result
 
     def pulse(self, row: int, col: int, voltage: float, width: float,
               scheme: Scheme | str = Scheme.V3) -> Pulse:
         self._check_device(row, col)
-        result = self._pulse(row, col, voltage, width, Scheme(scheme))
-        self._record("pulse", result)
+        scheme = Scheme(scheme)
+        intended = {"row": row, "col": col, "voltage": voltage, "width": width, "scheme": str(scheme)}
+        sent = self.pulses_sent()
+        try:
+            self._begin("pulse", intended)
+            result = self._pulse(row, col, voltage, width, scheme)
+        except BaseException as exc:
+            self._end("pulse_unknown" if self.pulses_sent() > sent else "pulse_not_sent",
+                      {**intended, "error": _why(exc)})
+            raise
+        self._end("pulse", result)
         return result
 
     def read_all(self) -> np.ndarray:
@@ -192,8 +243,38 @@ class Crossbar(ABC):
         if not (0 <= row < self.rows and 0 <= col < self.cols):
             raise IndexError(f"device ({row}, {col}) is outside the {self.rows}x{self.cols} crossbar")
 
-    def _record(self, op: str, result: "Read | Pulse | dict") -> None:
-        if self.recorders:  # asdict costs a tenth of a simulated read: only when someone listens
-            fields = result if isinstance(result, dict) else asdict(result)
-            for recorder in self.recorders:
-                recorder(op, fields)
+    # Journal writes hold the exit signals: a Ctrl-C between an operation's start and its
+    # record would leave the store wrong about what was sent.
+
+    # the journal entry of the operation in progress: an attribute, not a return value, so
+    # that a signal delivered as the deferral ends cannot lose it
+    _entry: int | None = None
+
+    def _begin(self, op: str, fields: dict) -> None:
+        self._entry = None
+        if self.journal is not None:
+            with signals_deferred():
+                self._entry = self.journal.begin(op, fields)
+
+    def _end(self, op: str, result: "Read | Pulse | dict") -> None:
+        entry, self._entry = self._entry, None
+        if entry is None and not self.recorders:
+            return  # asdict costs a tenth of a simulated read: only when someone listens
+        fields = result if isinstance(result, dict) else asdict(result)
+        if entry is not None:
+            with signals_deferred():
+                self.journal.end(entry, op, fields)
+        for recorder in self.recorders:
+            recorder(op, fields)
+
+    def _record(self, op: str, fields: dict) -> None:
+        """An operation that completes at once (a simulated read map, a vmm)."""
+        if self.journal is not None:
+            with signals_deferred():
+                self.journal.record(op, fields)
+        for recorder in self.recorders:
+            recorder(op, fields)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,8 +1,9 @@
 """The VISA session every driver is built on: framing, timeouts, and what may be retried.
 
-Queries that only read state may be retried after a timeout; a message that changes the
-bench (a pulse above all) is sent once, and if its reply does not come the caller is told
-that the outcome is unknown. After an interrupted query, a late reply may still arrive:
+Every message passes the driver's guard (`guard.py`) before it is written, whichever
+method built it. Queries that only read state may be retried after a timeout; a message
+that changes the bench (a pulse above all) is sent once, and if its reply does not come the
+caller is told that the outcome is unknown (and the guard assumes the worst of both). After an interrupted query, a late reply may still arrive:
 `drain()` discards it so the next query does not read someone else's answer.
 """
 
@@ -19,7 +20,8 @@ import pyvisa
 from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
-from .errors import InstrumentError, InstrumentNotAnswering, InstrumentTimeout, ReplyError
+from .errors import InstrumentError, InstrumentNotAnswering, InstrumentTimeout, LimitError, ReplyError
+from .guard import Grammar, Guard
 
 
 _ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')   # <code>,"<message>"
@@ -36,12 +38,14 @@ class VisaInstrument:
     write_termination = "\n"
     error_query = ""   # the error-queue query, answered <code>,"<message>" (0: no error)
 
-    def __init__(self, resource: str, *, name: str | None = None, timeout_s: float = 5.0,
-                 visa_library: str = "@py"):
+    def __init__(self, resource: str, *, grammar: Grammar, name: str | None = None,
+                 timeout_s: float = 5.0, visa_library: str = "@py"):
         self.name = name or type(self).__name__
         self.resource_name = resource
         self.timeout_s = timeout_s
         self.visa_library = visa_library
+        self.guard = Guard(grammar, self.name)
+        self._last_change = (self.guard.state, self.guard.state)  # guard states around the last write
         self._awaiting_reply = False
         self._sent_at = 0.0  # time.monotonic() of the last message sent
         self._res = self._open()
@@ -63,6 +67,11 @@ class VisaInstrument:
                                          f"{os.strerror(error)}")
         return res
 
+    def set_timeout(self, seconds: float) -> None:
+        """The session timeout from now on (a long one to connect, a short one to poll)."""
+        self.timeout_s = seconds
+        self._res.timeout = int(seconds * 1000)
+
     def reopen(self) -> None:
         """A new session after a dropped connection (the instrument keeps its state)."""
         self.close()
@@ -78,13 +87,29 @@ class VisaInstrument:
             action()
 
     def write(self, message: str) -> None:
+        """Send one message, if the guard can prove it safe (LimitError otherwise: nothing is sent)."""
+        try:
+            after = self.guard.check(message)
+        except LimitError:
+            self._awaiting_reply = False  # nothing was sent: no reply is owed
+            raise
+        self._last_change = (self.guard.state, after)
+        self.guard.state = after  # taken as done; a failure from here on doubts it
         self._sent_at = time.monotonic()
         try:
             self._res.write(message)
         except (VisaIOError, OSError) as exc:
             self._awaiting_reply = False  # not sent (or the link is gone): no reply is owed
+            self.doubt_last()
             raise InstrumentNotAnswering(f"{self.name} at {self.resource_name}: sending {message!r} "
                                          f"failed: {exc}") from exc
+        except BaseException:
+            self.doubt_last()
+            raise
+
+    def doubt_last(self) -> None:
+        """The last message may or may not have been carried out."""
+        self.guard.doubt(*self._last_change)
 
     def read(self) -> str:
         try:
@@ -114,8 +139,12 @@ class VisaInstrument:
             try:
                 return self.read()
             except TimeoutError:
+                self.doubt_last()
                 if attempt == retries:
                     raise
+            except BaseException:
+                self.doubt_last()
+                raise
 
     def drain(self) -> None:
         """Discard a reply that was still owed when the last query was abandoned: wait for it
@@ -178,6 +207,7 @@ class VisaInstrument:
     def _raise_on_error(self, reply: str, message: str) -> None:
         code, text = self._parse_error(reply)
         if code != 0:
+            self.doubt_last()  # part of the message may have run before the failing command
             self._clear_error_queue()
             raise InstrumentError(self.name, code, text, message)
 

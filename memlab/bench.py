@@ -1,60 +1,28 @@
 """From a bench file to a working crossbar, and from a bench file to its emulation.
 
-`open_crossbar` is the one way to reach a bench: it connects the instruments, and whatever
-happens afterwards (normal end, exception, Ctrl-C, SIGTERM) it leaves every source at 0 V
-and disabled and every relay open.
+`open_crossbar` is the one way to reach a bench. It takes the bench's lock (one owner per
+bench), makes SIGINT, SIGTERM, SIGHUP and SIGQUIT raise for its lifetime, connects the
+instruments, and whatever happens afterwards (normal end, exception, any of those signals)
+leaves every source at 0 V and disabled and every relay open, with the signals held while
+it does so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from drivers.b1500a import B1500A
 from drivers.crossbar import ROLES, InstrumentCrossbar
-from drivers.e5250a import E5250A
 from drivers.errors import InstrumentNotAnswering
-from simulator.bench import CableToSwitch, EmulatedInstrument, SimBenchSpec, SimulatedBench
+from drivers.signals import Terminated, exit_signals_raise, signals_deferred  # noqa: F401  (Terminated: for callers)
+from simulator.spec import CableToSwitch, EmulatedInstrument, SimBenchSpec
 
-from .config import BenchConfig, BenchFileError
+from .benchlock import bench_lock
+from .config import DRIVERS, BenchConfig, BenchFileError
 
-DRIVERS = {"keysight_b1500a": B1500A, "keysight_e5250a": E5250A}
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM, so that every
-    `finally` (and with it the safe state) runs."""
-
-
-def raise_on_sigterm() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated("SIGTERM")
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the bench is being made safe; re-deliver them after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in saved:
-        signal.signal(s, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        for s in pending:
-            signal.raise_signal(s)
-
+if TYPE_CHECKING:
+    from simulator.bench import SimulatedBench
 
 def _open_instrument(config: BenchConfig, name: str, **kwargs):
     inst = config.instruments[name]
@@ -64,34 +32,36 @@ def _open_instrument(config: BenchConfig, name: str, **kwargs):
 
 @contextlib.contextmanager
 def open_crossbar(config: BenchConfig) -> Iterator[InstrumentCrossbar]:
-    """Connect the bench's instruments and yield its crossbar; always ends in the safe state."""
-    opened = []
-    try:
-        failure = None
-        for name, kwargs in ((config.crossbar.source, {"limits": config.limits}),
-                             (config.crossbar.switch, {})):
-            try:
-                opened.append(_open_instrument(config, name, **kwargs))
-            except InstrumentNotAnswering as exc:
-                # open the others anyway: an unreachable source can still be cut off by the
-                # switch, and an unreachable switch still gets the sources turned off
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-        source, switch = opened
-        xbar = InstrumentCrossbar(source, switch, config.wiring, config.limits,
-                                  read_voltage=config.crossbar.read_voltage)
-        xbar.connect()
-        yield xbar
-    except BaseException as exc:
-        # the original exception matters more than a failed confirmation, but it says so
-        for problem in _make_safe(opened):
-            exc.add_note(f"safe state not confirmed: {problem}")
-        raise
-    else:
-        problems = _make_safe(opened)
-        if problems:
-            raise RuntimeError("could not confirm the safe state: " + "; ".join(problems))
+    """Lock the bench, connect its instruments and yield its crossbar; always ends in the
+    safe state. Raises BenchBusy, touching no instrument, if another process has the bench."""
+    with exit_signals_raise(), bench_lock(config):
+        opened = []
+        try:
+            failure = None
+            for name, kwargs in ((config.crossbar.source, {"limits": config.limits}),
+                                 (config.crossbar.switch, {})):
+                try:
+                    opened.append(_open_instrument(config, name, **kwargs))
+                except InstrumentNotAnswering as exc:
+                    # open the others anyway: an unreachable source can still be cut off by the
+                    # switch, and an unreachable switch still gets the sources turned off
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
+            source, switch = opened
+            xbar = InstrumentCrossbar(source, switch, config.wiring, config.limits,
+                                      read_voltage=config.crossbar.read_voltage)
+            xbar.connect()
+            yield xbar
+        except BaseException as exc:
+            # the original exception matters more than a failed confirmation, but it says so
+            for problem in _make_safe(opened):
+                exc.add_note(f"safe state not confirmed: {problem}")
+            raise
+        else:
+            problems = _make_safe(opened)
+            if problems:
+                raise RuntimeError("could not confirm the safe state: " + "; ".join(problems))
 
 
 def _make_safe(instruments) -> list[str]:
@@ -129,8 +99,10 @@ def simulation_spec(config: BenchConfig) -> SimBenchSpec:
                         row_ports=w.rows, col_ports=w.columns, cables=cables, timing=sim.timing)
 
 
-def emulate(config: BenchConfig, *, log_dir=None) -> tuple[SimulatedBench, BenchConfig]:
+def emulate(config: BenchConfig, *, log_dir=None) -> "tuple[SimulatedBench, BenchConfig]":
     """Start the emulated instruments of a simulated bench; returns the running bench and
     the bench configuration pointing at its actual resources."""
+    from simulator.bench import SimulatedBench   # the physics (torch) only when emulating
+
     bench = SimulatedBench(simulation_spec(config), log_dir=log_dir).start()
     return bench, config.with_resources(bench.resources)

@@ -151,7 +151,8 @@ def _describe(d: dict) -> str:
     return f"{d['kind']} {us['low']:.2f}-{us['high']:.1f} uS"
 
 
-def print_table(result: dict, out=sys.stdout) -> None:
+def print_table(result: dict, out=None) -> None:
+    out = sys.stdout if out is None else out    # the stdout of the call, not of the import
     print(f"calibration of preset {result['preset']} ({result['arrays']} simulated 8x8 arrays per survey)", file=out)
     print("\nV/3 disturbance: change of a device while the next k devices were programmed (uS)", file=out)
     print(f"{'k':>4} {'sim mean':>9} {'meas mean':>9} {'sim sd':>8} {'meas sd':>8} {'sim skew':>8} "

@@ -8,24 +8,34 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
-import yaml
+from pydantic import ValidationError
 
 from drivers.errors import DriverError
+from drivers.signals import Terminated, exit_signals_raise
 from protocols.tuning import TuneArrayParams, checkerboard
 
-from .bench import Terminated, emulate, open_crossbar, raise_on_sigterm
-from .config import BenchConfig, BenchFileError, load_bench
+from .bench import emulate, open_crossbar
+from .benchlock import BenchBusy
+from .config import BenchConfig, BenchFileError, describe, load_bench, load_model
 from .store import RunStore
 
 DEMO_BENCH = "sim-b1500-e5250"
 DEMO_LEVELS_US = (150.0, 400.0)
+SAFE = "the bench was put in its safe state"
 
 
 def default_store() -> Path:
     return Path(os.environ.get("MEMLAB_STORE", "memlab-runs"))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """A bad command line is one line too (the usage is a --help away)."""
+        self.exit(2, f"memlab: error: {self.prog.removeprefix('memlab ')}: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,29 +44,34 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    raise_on_sigterm()
-    try:
-        return args.func(args) or 0
-    except (BenchFileError, DriverError, ValueError, OSError) as exc:
-        print(f"memlab: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        print(f"\nmemlab: interrupted; {_one_line(exc, 'the bench was put in its safe state')}", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print(f"memlab: terminated; {_one_line(exc, 'the bench was put in its safe state')}", file=sys.stderr)
-        return 143
+    # for the whole command, not only while a bench is open: a run started before the
+    # bench is reached is still marked when a signal ends it
+    with exit_signals_raise():
+        try:
+            return args.func(args) or 0
+        except (BenchFileError, BenchBusy, DriverError, ValueError, OSError) as exc:
+            print(f"memlab: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as exc:
+            print(f"\nmemlab: interrupted (SIGINT); {_one_line(exc, SAFE)}", file=sys.stderr)
+            return 130
+        except Terminated as exc:
+            print(f"memlab: terminated ({exc}); {_one_line(exc, SAFE)}", file=sys.stderr)
+            return exc.exit_code
 
 
 def _one_line(exc: BaseException, otherwise: str = "") -> str:
-    """The error and the notes added on its way out (a safe state that was not confirmed)."""
+    """The error and the notes added on its way out (the run it ended, a safe state that
+    was not confirmed); `otherwise` closes the line when the error itself says nothing."""
     notes = getattr(exc, "__notes__", [])
-    text = "; ".join([t for t in (str(exc) if not otherwise else "",) if t] + notes)
-    return text or otherwise
+    parts = ([] if otherwise else [str(exc)]) + notes
+    if otherwise and not any("safe state not confirmed" in n for n in notes):
+        parts.append(otherwise)
+    return " ".join("; ".join(p for p in parts if p).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="memlab", description="memristive crossbar control and training")
+    p = _Parser(prog="memlab", description="memristive crossbar control and training")
     sub = p.add_subparsers(metavar="COMMAND")
 
     sim = sub.add_parser("sim", help="the simulated bench").add_subparsers(metavar="SIMCOMMAND")
@@ -101,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "bench-loop)")
     rep.add_argument("name", choices=["moons", "mat-mnist", "fault-pruning", "bench-loop"])
     rep.add_argument("--quick", action="store_true", help="a small, fast version (smoke test)")
+    rep.add_argument("--seeds", type=int, metavar="N",
+                     help="training seeds (moons: default 5; mat-mnist: 5; fault-pruning: 3)")
     _store_and_json(rep)
     rep.set_defaults(func=cmd_reproduce)
 
@@ -125,7 +142,8 @@ def _store_and_json(p: argparse.ArgumentParser) -> None:
 def cmd_sim_serve(args) -> int:
     config = load_bench(args.bench)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, lambda *a: stop.set())
     bench, live = emulate(config, log_dir=args.log_dir)
     try:
         for name, resource in bench.resources.items():
@@ -169,16 +187,12 @@ def cmd_bench_check(args) -> int:
 def check_bench(config: BenchConfig) -> int:
     print(f"bench {config.name}: {config.rows}x{config.cols} crossbar")
     problems = 0
-    with open_crossbar(config) as xbar:
+    with open_crossbar(config) as xbar:   # connecting checks the wiring against the switch's size
         print(f"  {xbar.source.name}: {xbar.source.identity} at {xbar.source.resource_name}")
-        print(f"    modules: " + ", ".join(f"slot {s} {m}" for s, m in sorted(xbar.source.modules.items())))
+        print("    modules: " + ", ".join(f"slot {s} {m}" for s, m in sorted(xbar.source.modules.items())))
         print(f"  {xbar.switch.name}: {xbar.switch.identity} at {xbar.switch.resource_name}")
         cards = xbar.switch.card_types()
-        print(f"    cards: " + (", ".join(f"{c}: {t}" for c, t in cards.items()) or "none"))
-        ports = config.wiring.rows + config.wiring.columns
-        if max(ports) > 12 * len(cards):
-            print(f"  FAIL wiring uses output port {max(ports)}, the switch has {12 * len(cards)}")
-            return 1
+        print("    cards: " + (", ".join(f"{c}: {t}" for c, t in cards.items()) or "none"))
         floor = 1e-9  # A: below this a line is taken as open
         for r in range(config.rows):
             problems += _continuity(xbar, "row", r, r, r % config.cols, floor)
@@ -198,30 +212,59 @@ def _continuity(xbar, kind: str, index: int, r: int, c: int, floor: float) -> in
 # --- tune and demo --------------------------------------------------------------------------------
 
 def _params(args) -> TuneArrayParams:
-    data = yaml.safe_load(Path(args.params).read_text()) if getattr(args, "params", None) else {}
-    params = TuneArrayParams.model_validate(data or {})
-    if getattr(args, "tolerance", None) is not None:
-        params = params.with_tolerance(args.tolerance)
+    """--params FILE and --tolerance, each refused in one line naming it."""
+    params = TuneArrayParams()
+    if getattr(args, "params", None):
+        params = load_model(args.params, TuneArrayParams, "a parameter file is a YAML mapping "
+                                                          "(tolerance, tune: {...}, touch_up_passes, verify_reads)")
+    tolerance = getattr(args, "tolerance", None)
+    if tolerance is not None:
+        if not 0 < tolerance < 1:
+            raise ValueError(f"--tolerance: {tolerance:g} is not a relative tolerance in (0, 1), e.g. 0.01")
+        try:
+            params = params.with_tolerance(tolerance)
+        except ValidationError as exc:
+            raise ValueError(f"--tolerance {tolerance:g}: {describe(exc)}") from None
     return params
 
 
-def cmd_tune(args) -> int:
-    from .tuning import load_targets, run_tuning
+def _targets(args, config: BenchConfig) -> tuple[np.ndarray, str, str]:
+    """The target map (S), where it came from and the unit it was written in."""
+    from .tuning import load_targets
 
-    config = load_bench(args.bench)
     shape = (config.rows, config.cols)
     if args.checkerboard:
-        targets = checkerboard(*shape, args.checkerboard[0] * 1e-6, args.checkerboard[1] * 1e-6)
-    elif args.uniform is not None:
-        targets = np.full(shape, args.uniform * 1e-6)
-    else:
-        targets = load_targets(args.targets)
+        low, high = args.checkerboard
+        return checkerboard(*shape, low * 1e-6, high * 1e-6), "--checkerboard", "uS"
+    if args.uniform is not None:
+        return np.full(shape, args.uniform * 1e-6), "--uniform", "uS"
+    targets, unit = load_targets(args.targets)
+    return targets, str(args.targets), unit
+
+
+def _store(args) -> RunStore:
+    """The run store, announcing each run it starts (the id to look for, or to resume)."""
+    store = RunStore(args.store or default_store())
+    store.on_start = lambda run_id: print(f"memlab: run {run_id} started", file=sys.stderr, flush=True)
+    return store
+
+
+def cmd_tune(args) -> int:
+    from .preflight import check_tuning
+    from .tuning import run_tuning
+
+    config = load_bench(args.bench)
+    _check_json_path(args.json)
+    targets, source, unit = _targets(args, config)
+    params = _params(args)
+    check_tuning(config, targets, params.tune, source=source, unit=unit)   # before anything starts
     emulation = None
     if args.simulate:
         emulation, config = emulate(config)
     try:
-        summary = run_tuning(config, targets, _params(args), RunStore(args.store or default_store()),
-                             bench_clock=(lambda: emulation.clock) if emulation else None)
+        summary = run_tuning(config, targets, params, _store(args),
+                             bench_clock=(lambda: emulation.clock) if emulation else None,
+                             source=source, unit=unit)
     finally:
         if emulation:
             emulation.stop()
@@ -234,19 +277,20 @@ def cmd_demo(args) -> int:
     from .tuning import run_tuning
 
     config = load_bench(DEMO_BENCH)
+    _check_json_path(args.json)
     if args.seed is not None:
         config = config.model_copy(update={"simulation": config.simulation.model_copy(update={"seed": args.seed})})
+    low, high = DEMO_LEVELS_US
+    targets = checkerboard(config.rows, config.cols, low * 1e-6, high * 1e-6)
+    params = TuneArrayParams()
     bench, live = emulate(config)
     print(f"memlab demo: {config.rows}x{config.cols} simulated {config.simulation.preset} crossbar "
           f"(seed {config.simulation.seed}) behind emulated instruments on loopback VISA:")
     for name, resource in bench.resources.items():
         print(f"  {name:10s} {config.instruments[name].type:16s} {resource}")
-    low, high = DEMO_LEVELS_US
     print(f"tuning a {low:g}/{high:g} uS checkerboard by write-verify with the V/3 scheme")
     try:
-        targets = checkerboard(config.rows, config.cols, low * 1e-6, high * 1e-6)
-        params = TuneArrayParams()
-        summary = run_tuning(live, targets, params, RunStore(args.store or default_store()), kind="demo",
+        summary = run_tuning(live, targets, params, _store(args), kind="demo",
                              bench_clock=lambda: bench.clock)
         summary["simulator_truth"] = _truth(bench, targets, params.tolerance)
         summary["resources"] = bench.resources
@@ -296,6 +340,12 @@ def print_summary(s: dict) -> None:
     print(f"  plot                    {s['plot']}")
 
 
+def _check_json_path(path: Path | None) -> None:
+    """Refused before the run, not after it: the summary would be lost."""
+    if path is not None and not path.parent.is_dir():
+        raise ValueError(f"--json {path}: folder {path.parent} does not exist")
+
+
 def _write_json(path: Path | None, summary: dict) -> None:
     if path:
         path.write_text(json.dumps(summary, indent=2))
@@ -304,23 +354,28 @@ def _write_json(path: Path | None, summary: dict) -> None:
 def cmd_reproduce(args) -> int:
     from .reproduce import run_reproduction
 
-    run_reproduction(args.name, RunStore(args.store or default_store()), quick=args.quick, json_path=args.json)
+    run_reproduction(args.name, _store(args), quick=args.quick, json_path=args.json,
+                     seeds=args.seeds)
     return 0
 
 
 def cmd_train(args) -> int:
     from .train import load_job, run_job
 
-    summary = run_job(load_job(args.job), RunStore(args.store or default_store()))
+    summary = run_job(load_job(args.job), _store(args))
     print(f"run data: {summary['run_path']}")
     _write_json(args.json, summary)
     return 0
 
 
 def cmd_runs(args) -> int:
-    store = RunStore(args.store or default_store())
+    store = _store(args)
+    print(f"{'run':40s} {'kind':20s} {'status':12s} {'started (UTC)':19s} {'duration':>9s} {'operations':>10s}")
     for run in store.runs():
-        print(f"{run['id']:40s} {run['kind']:8s} {run['status']:12s} {run['n_operations']:7d} operations")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["started"]))
+        duration = f"{run['finished'] - run['started']:8.1f}s" if run["finished"] else ""
+        print(f"{run['id']:40s} {run['kind']:20s} {run['status']:12s} {started:19s} {duration:>9s} "
+              f"{run['n_operations']:10d}")
     return 0
 
 

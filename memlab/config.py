@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.crossbar import Wiring
+from drivers.b1500a import B1500A
+from drivers.crossbar import ROLES, Wiring
+from drivers.e5250a import E5250A
+from drivers.interfaces import SourceMeter
 from drivers.limits import Limits
-from simulator.bench import Timing
+from simulator.spec import Timing
 
-INSTRUMENT_TYPES = {
-    "keysight_b1500a": "source",
-    "keysight_e5250a": "switch",
-}
+# the driver registry: instrument type -> driver class
+DRIVERS = {"keysight_b1500a": B1500A, "keysight_e5250a": E5250A}
+INSTRUMENT_TYPES = {name: "source" if issubclass(cls, SourceMeter) else "switch" for name, cls in DRIVERS.items()}
 SHIPPED_BENCHES = Path(__file__).parent / "benches"
+M = TypeVar("M", bound=BaseModel)
 _SOCKET = re.compile(r"^TCPIP0?::([^:]+)::(\d+)::SOCKET$", re.IGNORECASE)
 
 
@@ -58,6 +61,15 @@ class CrossbarConfig(BaseModel):
     source: str = Field(description="name of the source instrument")
     switch: str = Field(description="name of the switch matrix")
     read_voltage: float = Field(0.2, gt=0)
+    conductance_window: tuple[float, float] = Field(
+        (1e-6, 1e-2), description="conductances (S) the devices can be tuned to: targets outside are refused")
+
+    @field_validator("conductance_window")
+    @classmethod
+    def _ordered(cls, window: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < window[0] < window[1]:
+            raise ValueError("a window [low, high] with 0 < low < high (siemens)")
+        return window
 
 
 class SimulationConfig(BaseModel):
@@ -91,6 +103,18 @@ class BenchConfig(BaseModel):
             if inst.role != role:
                 raise ValueError(f"crossbar.{field}: instrument {name!r} is a {inst.type}, not a {role}")
         self.limits.check_device_voltage(self.crossbar.read_voltage, "crossbar.read_voltage: ")
+        switch = self.instruments[self.crossbar.switch]
+        inputs, outputs = DRIVERS[switch.type].max_ports
+        for kind, ports in (("rows", self.wiring.rows), ("columns", self.wiring.columns)):
+            for i, port in enumerate(ports):
+                if port > outputs:
+                    raise ValueError(f"wiring.{kind}[{i}]: switch output port {port}, but a {switch.type} "
+                                     f"has at most {outputs}")
+        for role in ROLES:
+            port = self.wiring.role(role).switch_input
+            if port > inputs:
+                raise ValueError(f"wiring.{role}.switch_input: input port {port}, but a {switch.type} "
+                                 f"has {inputs}")
         return self
 
     @property
@@ -115,23 +139,30 @@ def load_bench(path: str | Path) -> BenchConfig:
     path = Path(path)
     if not path.suffix and not path.exists():
         path = SHIPPED_BENCHES / f"{path}.yaml"
+    return load_model(path, BenchConfig, "a bench file is a YAML mapping (name, instruments, crossbar, "
+                                         "wiring, limits)", error=BenchFileError)
+
+
+def load_model(path: str | Path, model: type[M], shape: str, *, error: type[ValueError] = ValueError) -> M:
+    """A YAML file validated as `model`; any problem is one line naming the file and the
+    field. `shape`: what the file should be, said when it is not a mapping."""
+    path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise BenchFileError(f"{path}: cannot read the bench file ({exc.strerror})") from exc
+        raise error(f"{path}: cannot read the file ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
-        raise BenchFileError(f"{path}: not a text file (byte {exc.start}: {exc.reason})") from exc
+        raise error(f"{path}: not a text file (byte {exc.start}: {exc.reason})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise BenchFileError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
+        raise error(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
-        raise BenchFileError(f"{path}: a bench file is a YAML mapping (name, instruments, crossbar, "
-                             f"wiring, limits)")
+        raise error(f"{path}: {shape}")
     try:
-        return BenchConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise BenchFileError(f"{path}: " + describe(exc)) from exc
+        raise error(f"{path}: " + describe(exc)) from exc
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

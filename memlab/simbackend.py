@@ -39,6 +39,7 @@ class SimulatedCrossbar(Crossbar):
         self.array, self.waveform = array, waveform
         self.rows, self.cols = array.rows, array.cols
         self.read_voltage = read_voltage or array.preset.read.voltage
+        self._pulses = 0
 
     @classmethod
     def from_preset(cls, preset: str | DevicePreset, rows: int, cols: int, seed: int = 0,
@@ -74,8 +75,12 @@ class SimulatedCrossbar(Crossbar):
         self._record("read_map", {"devices": self.rows * self.cols})
         return g
 
+    def pulses_sent(self) -> int:
+        return self._pulses
+
     def _pulse(self, row: int, col: int, voltage: float, width: float, scheme: Scheme) -> Pulse:
         a = self.array
+        self._pulses += 1
         if a.preset.architecture == "1t1r":  # the access transistors isolate every other device
             v = torch.zeros(self.rows, self.cols, dtype=a.dtype)
             v[row, col] = voltage

@@ -10,6 +10,10 @@ Ctrl-C, SIGTERM or SIGKILL loses at most the operation in flight. Arrays are
 written as ``.npy`` files whose sha256 is kept in the database and checked on load.
 
 Times (``started``, ``finished``, ``t_wall``) are unix seconds (float, UTC).
+
+A run records the process that owns it (host, pid and the process's start time). A run
+still ``running`` whose process is gone (SIGKILL, a power cut) is reported as ``crashed``
+by :meth:`RunStore.runs` and :meth:`Run.info`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import operator
 import os
 import re
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -38,10 +43,11 @@ __all__ = ["RunStore", "Run", "ChecksumError", "STATUSES", "OPERATION_COLUMNS"]
 log = logging.getLogger(__name__)
 
 DB_NAME = "memlab.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 STATUSES = ("running", "completed", "failed", "interrupted")
 FINAL_STATUSES = STATUSES[1:]
+CRASHED = "crashed"   # reported, never stored: 'running', and its process is gone
 OPERATION_COLUMNS = (
     "run_id", "seq", "t_wall", "op", "row", "col", "voltage", "width",
     "current", "conductance", "bench_time", "extra",
@@ -58,7 +64,10 @@ _SCHEMA = (
         params TEXT,
         bench TEXT,
         summary TEXT,
-        error TEXT)""",
+        error TEXT,
+        host TEXT,
+        pid INTEGER,
+        process_start TEXT)""",
     """CREATE TABLE IF NOT EXISTS operations (
         run_id TEXT NOT NULL REFERENCES runs(id),
         seq INTEGER NOT NULL,
@@ -155,6 +164,47 @@ def _opt_int(name: str, value: Any) -> int | None:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
 
 
+def _operation_row(op: str, fields: dict) -> tuple:
+    """(t_wall, op, row, col, voltage, width, current, conductance, bench_time, extra)."""
+    if not isinstance(op, str) or not op:
+        raise ValueError(f"op must be a non-empty string, got {op!r}")
+    f = dict(fields)
+    extra = {k: v for k, v in f.items() if k not in _COLUMNS}
+    return (time.time(), op, _opt_int("row", f.get("row")), _opt_int("col", f.get("col")),
+            _opt_float("voltage", f.get("voltage")), _opt_float("width", f.get("width")),
+            _opt_float("current", f.get("current")), _opt_float("conductance", f.get("conductance")),
+            _opt_float("bench_time", f.get("bench_time")), to_json(extra) if extra else None)
+
+
+_COLUMNS = frozenset({"row", "col", "voltage", "width", "current", "conductance", "bench_time"})
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, Linux), to tell it from a later
+    process given the same pid; None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        pass
+    return started is None or process_start(pid) in (started, None)
+
+
+def _reported_status(status: str, host: str | None, pid: int | None, started: str | None) -> str:
+    if status != "running" or pid is None or host != socket.gethostname():
+        return status   # another machine's process cannot be checked from here
+    return status if process_alive(pid, started) else CRASHED
+
+
 def _check_name(what: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"{what} {name!r} is invalid: use letters, digits, '_', '-', '.'")
@@ -177,6 +227,7 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "runs").mkdir(exist_ok=True)
         self.db_path = self.root / DB_NAME
+        self.on_start = None   # called with each new run's id (the CLI prints it)
         # Autocommit mode (isolation_level=None): each statement is its own transaction,
         # and explicit BEGIN/COMMIT where more is needed. check_same_thread=False plus our
         # own lock lets a service thread and a worker thread share the store.
@@ -199,7 +250,10 @@ class RunStore:
             for stmt in _SCHEMA:
                 c.execute(stmt)
             version = c.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
+            if version == 1:   # version 1 did not know which process owned a run
+                for column in ("host TEXT", "pid INTEGER", "process_start TEXT"):
+                    c.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            if version < SCHEMA_VERSION:
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -235,13 +289,16 @@ class RunStore:
             run_id = f"{stamp}-{kind}-{secrets.token_hex(2)}"
             try:
                 self._execute(
-                    "INSERT INTO runs (id, kind, status, started, params, bench)"
-                    " VALUES (?, ?, 'running', ?, ?, ?)",
-                    (run_id, kind, now, params_json, bench_json))
+                    "INSERT INTO runs (id, kind, status, started, params, bench, host, pid, process_start)"
+                    " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (run_id, kind, now, params_json, bench_json, socket.gethostname(), os.getpid(),
+                     process_start(os.getpid())))
             except sqlite3.IntegrityError:
                 continue  # id collision (same second, same kind, same 16 random bits)
             run = Run(self, run_id)
             run.path.mkdir(parents=True, exist_ok=True)
+            if self.on_start is not None:
+                self.on_start(run_id)
             return run
         raise RuntimeError("could not allocate a unique run id")
 
@@ -251,13 +308,19 @@ class RunStore:
         return Run(self, run_id)
 
     def runs(self) -> list[dict]:
-        """All runs, oldest first: id, kind, status, started, finished, n_operations."""
+        """All runs, oldest first: id, kind, status ('crashed' for a run left running by a
+        process that is gone), started, finished, pid, n_operations."""
         rows = self._execute(
-            "SELECT r.id, r.kind, r.status, r.started, r.finished,"
-            " (SELECT COUNT(*) FROM operations o WHERE o.run_id = r.id)"
+            "SELECT r.id, r.kind, r.status, r.started, r.finished, r.pid,"
+            " (SELECT COUNT(*) FROM operations o WHERE o.run_id = r.id), r.host, r.process_start"
             " FROM runs r ORDER BY r.started, r.id")
-        keys = ("id", "kind", "status", "started", "finished", "n_operations")
-        return [dict(zip(keys, r)) for r in rows]
+        keys = ("id", "kind", "status", "started", "finished", "pid", "n_operations")
+        out = []
+        for r in rows:
+            run = dict(zip(keys, r))
+            run["status"] = _reported_status(run["status"], r[7], run["pid"], r[8])
+            out.append(run)
+        return out
 
     def close(self) -> None:
         with self._lock:
@@ -278,6 +341,23 @@ class RunStore:
 
 # --------------------------------------------------------------------------- run
 
+class RunJournal:
+    """A run as a crossbar's journal (`drivers.interfaces.Journal`), each entry stamped
+    with the bench clock (the simulated bench's virtual time) when there is one."""
+
+    def __init__(self, run: "Run", bench_clock=None):
+        self.run, self.clock = run, bench_clock or (lambda: None)
+
+    def begin(self, op: str, fields: dict) -> int:
+        return self.run.begin(op, bench_time=self.clock(), **fields)
+
+    def end(self, entry: int, op: str, fields: dict) -> None:
+        self.run.end(entry, op, bench_time=self.clock(), **fields)
+
+    def record(self, op: str, fields: dict) -> None:
+        self.run.record(op, bench_time=self.clock(), **fields)
+
+
 class Run:
     """One run. Use as a context manager to have its final status set on every exit path."""
 
@@ -287,22 +367,32 @@ class Run:
         self.path = store.root / "runs" / run_id
 
     # -- operations
-    def record(self, op: str, *, row: int | None = None, col: int | None = None,
-               voltage: float | None = None, width: float | None = None,
-               current: float | None = None, conductance: float | None = None,
-               bench_time: float | None = None, **extra) -> int:
-        """Append one operation and commit it before returning; returns its seq (1, 2, ...)."""
-        if not isinstance(op, str) or not op:
-            raise ValueError(f"op must be a non-empty string, got {op!r}")
-        args = (
-            self.id, time.time(), op, _opt_int("row", row), _opt_int("col", col),
-            _opt_float("voltage", voltage), _opt_float("width", width),
-            _opt_float("current", current), _opt_float("conductance", conductance),
-            _opt_float("bench_time", bench_time), to_json(extra) if extra else None,
-        )
+    def record(self, op: str, **fields) -> int:
+        """Append one operation and commit it before returning; returns its seq (1, 2, ...).
+        Fields: row, col, voltage, width, current, conductance, bench_time; others go to extra."""
         # fetchall() runs the statement to completion, so the autocommit transaction is
         # committed (in the WAL) before we return the seq.
-        return self.store._execute(_INSERT_OP, args)[0][0]
+        return self.store._execute(_INSERT_OP, (self.id, *_operation_row(op, fields)))[0][0]
+
+    def begin(self, op: str, **fields) -> int:
+        """Record an operation as intended (op '<op>_intended'), before it is carried out;
+        returns its seq for :meth:`end`."""
+        return self.record(f"{op}_intended", **fields)
+
+    def end(self, seq: int, op: str, **fields) -> None:
+        """Complete the operation `seq` with its outcome: the op as it ended ('pulse',
+        'pulse_unknown', ...) and its fields, in place of the intended ones."""
+        updated = self.store._execute(
+            "UPDATE operations SET t_wall = ?2, op = ?3, row = ?4, col = ?5, voltage = ?6, width = ?7,"
+            " current = ?8, conductance = ?9, bench_time = ?10, extra = ?11"
+            " WHERE run_id = ?1 AND seq = ?12 RETURNING seq",
+            (self.id, *_operation_row(op, fields), seq))
+        if not updated:
+            raise KeyError(f"run {self.id} has no operation {seq}")
+
+    def journal(self, bench_clock=None) -> "RunJournal":
+        """This run as a crossbar's journal (every read and pulse, intended then done)."""
+        return RunJournal(self, bench_clock)
 
     def operations(self, op: str | None = None) -> list[dict]:
         """Operation rows in seq order (optionally only one kind of op); extra parsed."""
@@ -365,18 +455,20 @@ class Run:
     def info(self) -> dict:
         """The run's row: id, kind, status, started, finished, params, bench, summary, error."""
         rows = self.store._execute(
-            "SELECT id, kind, status, started, finished, params, bench, summary, error"
-            " FROM runs WHERE id = ?", (self.id,))
+            "SELECT id, kind, status, started, finished, params, bench, summary, error, host, pid,"
+            " process_start FROM runs WHERE id = ?", (self.id,))
         if not rows:
             raise KeyError(f"no run {self.id!r}")
         d = dict(zip(("id", "kind", "status", "started", "finished", "params", "bench",
-                      "summary", "error"), rows[0]))
+                      "summary", "error", "host", "pid"), rows[0]))
+        d["status"] = _reported_status(d["status"], d["host"], d["pid"], rows[0][11])
         for k in ("params", "bench", "summary"):
             d[k] = _from_json(d[k])
         return d
 
     @property
     def status(self) -> str:
+        """The stored status ('running' until someone marks the end)."""
         return self.store._execute("SELECT status FROM runs WHERE id = ?", (self.id,))[0][0]
 
     def set_bench(self, bench: dict) -> None:
@@ -426,8 +518,9 @@ class Run:
                 self.finish("completed")
             else:
                 text = "".join(traceback.format_exception_only(exc_type, exc)).strip()
-                self.finish("failed" if issubclass(exc_type, Exception) else "interrupted",
-                            error=text)
+                status = "failed" if issubclass(exc_type, Exception) else "interrupted"
+                self.finish(status, error=text)
+                exc.add_note(f"run {self.id} marked {status}")
         except Exception:
             if exc_type is None:
                 raise

@@ -1,8 +1,10 @@
-"""The tuning job: tune a bench's crossbar to a target map, recording every operation in
-the run store as it happens, and summarize what came out."""
+"""The tuning job: check the plan, tune a bench's crossbar to a target map, recording every
+operation in the run store as it happens, and summarize what came out."""
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 import time
 from collections.abc import Callable
@@ -14,21 +16,53 @@ from drivers.write_verify import TuneResult
 from protocols.tuning import ArrayTuneResult, TuneArrayParams, tune_array
 
 from .bench import open_crossbar
+from .benchlock import note_run
 from .config import BenchConfig
-from .plots import plot_tuning
+from .preflight import PlanError, check_tuning
 from .store import RunStore
 
 
-def load_targets(path: str | Path) -> np.ndarray:
-    """A target map: .npy in siemens, or .csv in microsiemens (empty or nan = leave alone)."""
+def load_targets(path: str | Path) -> tuple[np.ndarray, str]:
+    """A target map and the unit it was written in: .npy in siemens ('S'), or .csv in
+    microsiemens ('uS'; an empty cell or nan leaves a device alone). Returns siemens."""
     path = Path(path)
+    if path.suffix not in (".npy", ".csv"):
+        raise PlanError(f"{path}: target maps are .npy (siemens) or .csv (microsiemens)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read the target map ({exc.strerror})") from None
     if path.suffix == ".npy":
-        return np.load(path).astype(float)
-    if path.suffix == ".csv":
-        rows = [[float(x) if x.strip() else np.nan for x in line.split(",")]
-                for line in path.read_text().splitlines() if line.strip()]
-        return np.array(rows) * 1e-6
-    raise ValueError(f"{path}: target maps are .npy (siemens) or .csv (microsiemens)")
+        try:
+            targets = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise PlanError(f"{path}: not a .npy array file ({' '.join(str(exc).split())})") from None
+        if targets.dtype.kind not in "iuf":
+            raise PlanError(f"{path}: holds {targets.dtype} values, not conductances")
+        if targets.ndim != 2:
+            raise PlanError(f"{path}: a target map is 2-D (rows x columns), this one has shape {targets.shape}")
+        return targets.astype(float), "S"
+    try:
+        lines = list(csv.reader(data.decode("utf-8-sig").splitlines()))
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{path}: not a text file (byte {exc.start})") from None
+    rows, width = [], None
+    for n, cells in enumerate(lines, start=1):
+        if len(cells) <= 1 and not "".join(cells).strip():
+            continue   # a blank line (a line of empty cells is a row left alone)
+        if width is not None and len(cells) != width:
+            raise PlanError(f"{path}: line {n} has {len(cells)} cells, the lines before it {width}")
+        width = len(cells)
+        row = []
+        for k, cell in enumerate(cells, start=1):
+            try:
+                row.append(float(cell) if cell.strip() else np.nan)
+            except ValueError:
+                raise PlanError(f"{path}: line {n}, column {k}: {cell.strip()!r} is not a number") from None
+        rows.append(row)
+    if not rows:
+        raise PlanError(f"{path}: no target values")
+    return np.array(rows) * 1e-6, "uS"
 
 
 def print_progress(label: str, k: int, n: int, result: TuneResult) -> None:
@@ -44,29 +78,37 @@ def print_progress(label: str, k: int, n: int, result: TuneResult) -> None:
 
 def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams, store: RunStore,
                *, kind: str = "tune", progress: Callable | None = print_progress,
-               bench_clock: Callable[[], float] | None = None) -> dict:
-    """Tune, record, plot; returns the summary (also stored with the run)."""
+               bench_clock: Callable[[], float] | None = None, source: str = "targets",
+               unit: str = "S") -> dict:
+    """Check the plan, tune, record, plot; returns the summary (also stored with the run).
+    The run is created once the bench is connected and checked: a plan refused by the
+    preflight, a bench in use or one that does not answer leaves no run behind."""
+    from .plots import plot_tuning
+
+    check_tuning(config, targets, params.tune, source=source, unit=unit)
     started = time.monotonic()
-    run = store.start_run(kind, params={"tuning": params.model_dump(mode="json"),
-                                        "targets_shape": list(targets.shape)},
-                          bench=config.model_dump(mode="json"))
-    with run:
-        run.save_array("targets", targets)
-        with open_crossbar(config) as xbar:
+    with open_crossbar(config) as xbar:
+        run = store.start_run(kind, params={"tuning": params.model_dump(mode="json"),
+                                            "targets_shape": list(targets.shape)},
+                              bench={**config.model_dump(mode="json"),
+                                     "identities": {xbar.source.name: xbar.source.identity,
+                                                    xbar.switch.name: xbar.switch.identity}})
+        with run:
+            note_run(config, run.id)
+            run.save_array("targets", targets)
             run.record("connect", source=xbar.source.identity, switch=xbar.switch.identity)
-            clock = bench_clock or (lambda: None)
-            xbar.recorders.append(lambda op, fields: run.record(op, bench_time=clock(), **fields))
+            xbar.journal = run.journal(bench_clock)
             result = tune_array(xbar, targets, params, progress=progress)
-        run.save_array("final", result.final)
-        run.save_array("pulses", result.pulses)
-        summary = summarize(result, params.tolerance)
-        summary.update(run_path=str(run.path), database=str(store.db_path),
-                       wall_time_s=round(time.monotonic() - started, 2))
-        if bench_clock is not None:
-            summary["bench_time_s"] = round(bench_clock(), 3)
-        plot_tuning(result, params.tolerance, run.path / "tuning.png")
-        summary["plot"] = str(run.path / "tuning.png")
-        run.set_summary(summary)
+            run.save_array("final", result.final)
+            run.save_array("pulses", result.pulses)
+            summary = summarize(result, params.tolerance)
+            summary.update(run_id=run.id, run_path=str(run.path), database=str(store.db_path),
+                           wall_time_s=round(time.monotonic() - started, 2))
+            if bench_clock is not None:
+                summary["bench_time_s"] = round(bench_clock(), 3)
+            plot_tuning(result, params.tolerance, run.path / "tuning.png")
+            summary["plot"] = str(run.path / "tuning.png")
+            run.set_summary(summary)
     return summary
 
 

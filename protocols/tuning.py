@@ -39,8 +39,9 @@ class TuneArrayParams(BaseModel):
 
     def with_tolerance(self, tolerance: float, guard: float = 0.6) -> "TuneArrayParams":
         """Same parameters for another acceptance tolerance, tuning band `guard` times it."""
-        tune = self.tune.model_copy(update={"tolerance": guard * tolerance})
-        return self.model_copy(update={"tolerance": tolerance, "tune": tune})
+        data = self.model_dump()
+        data["tolerance"], data["tune"]["tolerance"] = tolerance, guard * tolerance
+        return TuneArrayParams.model_validate(data)   # validated: model_copy would not check
 
 
 @dataclass

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .b1500a import B1500ACore
 from .circuit import solve_crossbar
@@ -26,67 +24,31 @@ from .crossbar import CrossbarArray
 from .device import load_preset
 from .e5250a import E5250ACore
 from .server import InstrumentServer
+from .spec import CableToSwitch, EmulatedInstrument, LineResistance, SimBenchSpec, Timing  # noqa: F401
 
-InstrumentType = Literal["keysight_b1500a", "keysight_e5250a"]
+@dataclass
+class Exposure:
+    """The worst the bench's hardware has seen since it was built: what safety tests compare
+    with the limits, independently of any command log."""
 
+    line_voltage: float = 0.0        # |V| of any energized source output
+    device_voltage: float = 0.0      # |V| across any device
+    compliance: float = 0.0          # largest current compliance of an energized output
+    pulse_width: float = 0.0
+    pulse_energy: float = 0.0        # |peak| x compliance x width of the worst pulse
+    pulses: int = 0                  # pulses the hardware applied
 
-class EmulatedInstrument(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    def see(self, outputs, v_dev) -> None:
+        for out in outputs:
+            if out is not None and out[0] != 0:   # an output at 0 V sources nothing: its compliance cannot act
+                self.line_voltage = max(self.line_voltage, abs(out[0]))
+                self.compliance = max(self.compliance, abs(out[1]))
+        self.device_voltage = max(self.device_voltage, float(v_dev.abs().max()) if v_dev.numel() else 0.0)
 
-    name: str
-    type: InstrumentType
-    port: int = Field(0, ge=0, le=65535, description="TCP port on 127.0.0.1; 0 picks a free one")
-    options: dict = {}
-
-
-class CableToSwitch(BaseModel):
-    """A source channel's cable to a switch-matrix input port."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    instrument: str
-    channel: int
-    input: int
-
-
-class LineResistance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    word: float = Field(0.0, ge=0, description="ohm per word-line segment between crosspoints")
-    bit: float = Field(0.0, ge=0, description="ohm per bit-line segment between crosspoints")
-
-
-class Timing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    transaction_s: float = Field(2e-4, ge=0, description="instrument time per message")
-    settle_s: float = Field(1e-4, ge=0, description="source settling after a DC change")
-    relay_settle_s: float = Field(3e-3, ge=0, description="switch relay operate and settle time")
-
-
-class SimBenchSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rows: int = Field(ge=1)
-    cols: int = Field(ge=1)
-    preset: str = "tio2-passive"
-    seed: int = 0
-    instruments: list[EmulatedInstrument]
-    switch: str
-    row_ports: list[int]
-    col_ports: list[int]
-    cables: list[CableToSwitch]
-    timing: Timing = Timing()
-    line_resistance: LineResistance = LineResistance()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "SimBenchSpec":
-        names = {i.name for i in self.instruments}
-        if self.switch not in names:
-            raise ValueError(f"switch {self.switch!r} is not among the instruments")
-        if len(self.row_ports) != self.rows or len(self.col_ports) != self.cols:
-            raise ValueError("one switch output port per row and per column is needed")
-        return self
+    def see_pulse(self, peak: float, width: float, compliance: float) -> None:
+        self.pulses += 1
+        self.pulse_width = max(self.pulse_width, width)
+        self.pulse_energy = max(self.pulse_energy, abs(peak) * abs(compliance) * width)
 
 
 class SimulatedBench:
@@ -101,6 +63,7 @@ class SimulatedBench:
         self.array = CrossbarArray(spec.rows, spec.cols, preset, seed=spec.seed)
         self.lock = threading.RLock()
         self.hazards: list[str] = []
+        self.exposure = Exposure()
         self._outputs: dict[tuple[str, int], tuple[float, float] | None] = {}
         self._closed: frozenset[tuple[int, int]] = frozenset()
         self._input_source = {c.input: (c.instrument, c.channel) for c in spec.cables}
@@ -225,6 +188,7 @@ class SimulatedBench:
         lr = self.spec.line_resistance
         self._fully_driven = not any(math.isnan(v) for v in v_rows + v_cols) and not (lr.word or lr.bit)
         self._solve()
+        self.exposure.see(self._outputs.values(), torch.nan_to_num(self._v_dev))
         self._driven = {}
         for port, inputs in by_port.items():
             line = self._line_of_port.get(port)
@@ -310,6 +274,7 @@ class _SourceHardware:
               compliance: float) -> float:
         bench = self.bench
         with bench.lock:
+            bench.exposure.see_pulse(peak, width, compliance)
             bench._set_outputs(self.instrument, {slot: (base, compliance)})
             bench.advance(hold)
             bench._set_outputs(self.instrument, {slot: (peak, compliance)})

@@ -31,12 +31,15 @@ class LogEntry:
 @dataclass
 class Faults:
     reply_delay_s: float = 0.0  # every reply waits this long
+    delay_next_s: float = 0.0   # the next reply (only) waits this long more
     mute: bool = False          # read messages, never answer (a hung instrument)
     drop_next: bool = False     # close the connection on the next message, unanswered
     garble_next: int = 0        # corrupt the next N replies
+    lose_next_reply: bool = False  # carry out the next message that has a reply, and never send it
 
     def reset(self) -> None:
-        self.reply_delay_s, self.mute, self.drop_next, self.garble_next = 0.0, False, False, 0
+        self.reply_delay_s, self.delay_next_s, self.mute, self.drop_next, self.garble_next = 0.0, 0.0, False, False, 0
+        self.lose_next_reply = False
 
 
 LOG_IN_MEMORY = 200_000
@@ -159,8 +162,13 @@ class InstrumentServer:
             replies = self.core.handle(message)
             for reply in replies:
                 self._record("<", reply)
-        if self.faults.reply_delay_s:
-            time.sleep(self.faults.reply_delay_s)
+            delay = self.faults.reply_delay_s
+            if replies and self.faults.delay_next_s:
+                delay, self.faults.delay_next_s = delay + self.faults.delay_next_s, 0.0
+            if replies and self.faults.lose_next_reply:
+                self.faults.lose_next_reply, replies = False, []
+        if delay:
+            time.sleep(delay)
         out = b""
         for reply in replies:
             data = (reply + self.core.write_termination).encode("ascii")

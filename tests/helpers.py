@@ -6,7 +6,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,3 +40,54 @@ def memlab_cli(*args: str, **popen) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "memlab.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small networks and arrays: a second torch thread only adds synchronization, and on a
+    busy machine it spins waiting for a core. Import it into a test module to apply it there."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def after_message(server, pattern: str, **faults) -> None:
+    """Set `faults` on `server` right after the instrument has executed the next message
+    matching `pattern`, in the server's thread before it answers: `mute` and `drop_next`
+    then hit the following messages, `reply_delay_s` and `garble_next` already this
+    message's reply."""
+    core = server.core
+
+    class Hook:
+        def __getattr__(self, name):
+            return getattr(core, name)
+
+        def handle(self, message):
+            replies = core.handle(message)
+            if re.search(pattern, message):
+                for key, value in faults.items():
+                    setattr(server.faults, key, value)
+                server.core = core
+            return replies
+
+    server.core = Hook()
+
+
+def wait_until(predicate, what: str, *, timeout_s: float = 120.0, poll_s: float = 0.01, alive=None):
+    """Poll until `predicate()` is true (and return it); fail naming `what` if it never is,
+    or as soon as the process `alive` has exited. The timeout only stops a hung test: it
+    is generous, not a measurement."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if alive is not None and alive.poll() is not None:
+            out, err = alive.communicate()
+            raise AssertionError(f"the process ended before {what}: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(poll_s)

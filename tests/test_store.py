@@ -129,7 +129,7 @@ def test_sequence_numbers_per_run_and_after_reopen(tmp_path):
         assert [o["seq"] for o in a.operations()] == [1, 2, 3, 4, 5]
         listing = {r["id"]: r for r in s.runs()}
         assert listing[a_id]["n_operations"] == 5
-        assert set(listing[a_id]) == {"id", "kind", "status", "started", "finished",
+        assert set(listing[a_id]) == {"id", "kind", "status", "started", "finished", "pid",
                                       "n_operations"}
         with pytest.raises(KeyError):
             s.get_run("20000101-000000-none-0000")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from memlab.calibrate import MEASURED_BENCH, MEASURED_TUNING
 from memlab.devicedb import DeviceDatabase
 from memlab.simbackend import SimulatedCrossbar

@@ -24,6 +24,7 @@ from drivers.write_verify import TuneParams
 from ..bench import emulate, open_crossbar
 from ..config import load_bench
 from ..datasets import half_moons
+from ..preflight import check_ramps
 from ..store import Run, RunStore
 from .in_the_loop import CrossbarBlock, InLoopConfig, train_in_the_loop
 from .mapping import SingleDeviceMapping
@@ -81,6 +82,7 @@ def reproduce_bench_loop(epochs: int = 3, n_train: int = 256, n_test: int = 200,
                           force_every=20, min_connectivity=0.3, preset="tio2-passive", seed=seed,
                           stuck_lrs=0.0, stuck_hrs=0.0, discordant=0.0)
     bench_config = load_bench("sim-b1500-e5250")
+    check_ramps(bench_config, PROGRAMMING)   # the plan against the limits, before anything starts
     bench, live = emulate(bench_config)
     setup = {"in_the_loop": config.model_dump(), "programming": PROGRAMMING.model_dump(mode="json"),
              "blocks": BLOCKS}
@@ -93,7 +95,7 @@ def reproduce_bench_loop(epochs: int = 3, n_train: int = 256, n_test: int = 200,
     started = time.monotonic()
     try:
         with ending, open_crossbar(live) as xbar:
-            xbar.recorders.append(lambda op, fields: run.record(op, bench_time=bench.clock, **fields))
+            xbar.journal = run.journal(lambda: bench.clock)
             blocks = [CrossbarBlock(xbar, *b, tune=PROGRAMMING, g_range=G_RANGE) for b in BLOCKS]
             model, history = train_in_the_loop(config, data, blocks, mapping=MAPPING)
             in_loop = model.evaluate(data[2], data[3])          # reads every device again
