@@ -152,6 +152,56 @@ def test_raw_messages_pass_the_limit_guard_too(emulation, xbar, message):
     assert sent_since(bench, before) == NOTHING
 
 
+@pytest.mark.parametrize("terminator", ["\n", "\r", "\r\n", "\x00"])
+def test_a_terminator_inside_a_message_is_refused(emulation, xbar, terminator):
+    """`CN` then a line end then `DV 1,0,20,0.1`: the instrument would run the second part
+    as a message of its own (20 V, 100 mA on a 2.5 V / 10 mA bench)."""
+    bench, _ = emulation
+    before = logs(bench)
+    for send in (xbar.source.write, xbar.source.send, xbar.source.query):
+        with pytest.raises(LimitError, match="inside a message"):
+            send(f"CN{terminator}DV 1,0,20,0.1")
+    with pytest.raises(LimitError, match="inside a message"):
+        xbar.switch.send(f":ROUT:OPEN:CARD ALL{terminator}:ROUT:CLOS (@00101,00201)")
+    assert sent_since(bench, before) == NOTHING
+
+
+def test_measurement_modes_need_a_set_up_of_this_session(emulation, xbar):
+    """MM 3 needs a PV of this session on its channel, XE an MM of this session, and no
+    sweep mode runs at all: the instrument may hold another program's sweep."""
+    bench, _ = emulation
+    src = xbar.source
+    before = logs(bench)
+    with pytest.raises(LimitError, match="no measurement mode set up in this session"):
+        src.write("XE")                   # connect reset the instrument: no mode is ours yet
+    with pytest.raises(LimitError, match="needs one channel with a PV set in this session"):
+        src.send("MM 3,1")
+    for mode in (2, 4, 10, 16):
+        with pytest.raises(LimitError, match=f"measurement mode {mode} would run a sweep"):
+            src.send(f"MM {mode},1")
+    assert sent_since(bench, before) == NOTHING
+    src.send("PT 0,0.001,0.005;PV 1,0,0,0.5,0.01;MM 3,1")   # now XE would be a checked pulse
+    assert src.guard.state.mode == (3, (1,))
+
+
+def test_a_hand_written_switch_close_joining_two_bias_inputs_is_never_sent(emulation, xbar):
+    bench, _ = emulation
+    xbar.read(0, 0)                       # drive (input 1) on row port 1, row_third (3) on port 2
+    before = logs(bench)
+    for message in (":ROUT:CLOS (@00301)", ":CLOS (@00102)", ":ROUTE:CLOSE:LIST (@00401,00501)",
+                    ":ROUT:CLOS (@00520,00620)"):
+        with pytest.raises(LimitError, match="together on output"):
+            xbar.switch.send(message)
+        with pytest.raises(LimitError, match="together on output"):
+            xbar.switch.write(message)
+    for message in (":ROUT:CLOS (@00101:00105)", ":ROUT:FUNC NCON;:ROUT:CLOS (@00520)", "*TST?",
+                    ":SYST:CPON ALL"):
+        with pytest.raises(LimitError):
+            xbar.switch.send(message)
+    assert sent_since(bench, before) == NOTHING
+    assert bench.hazards == []
+
+
 @pytest.mark.parametrize("message", ["TDV 1,0,50,0.1", "WV 1,1,0,0,2.5,11", "RZ 1", "DI 1,0,1e-3,2"])
 def test_commands_the_limits_do_not_cover_are_never_sent(emulation, xbar, message):
     bench, _ = emulation
