@@ -142,12 +142,16 @@ class FlexGrammar(Grammar[FlexState]):
     def _slots(self, args: list[str], where: str) -> list[int]:
         return [self._slot(a, where) for a in args] if args else list(SLOTS)
 
-    def _cn(self, s, args, where):          # output switch on, at 0 V
+    def _cn(self, s, args, where):
+        """Output switch on: a channel that was off comes on at 0 V (the level CL and *RST
+        left in the state); one already on keeps its level."""
+        self._slots(args, where)
+
+    def _cl(self, s, args, where):          # output switch off, 0 V
         for slot in self._slots(args, where):
             s.levels[slot] = 0.0
 
-    _cl = _cn                               # output switch off, 0 V
-    _dz = _cn                               # outputs to 0 V (settings kept for RZ, which is refused)
+    _dz = _cl                               # outputs to 0 V (settings kept for RZ, which is refused)
 
     def _dv(self, s, args, where):
         """DV ch,range,V[,Icomp[,polarity[,Irange]]]"""
@@ -367,11 +371,20 @@ class B1500A(VisaInstrument, SourceMeter):
     # --- messaging ------------------------------------------------------------------------
 
     def measure(self, message: str) -> list[Reading]:
-        """A measurement query. On silence the error queue says why; if it is empty the
-        query is repeated once (a spot measurement is safe to repeat)."""
+        """A measurement query, with the error queue read at its end in the same round trip
+        (so levels set after the measurement are confirmed too). On silence the error queue
+        says why; if it is empty the query is repeated once (a spot measurement is safe to
+        repeat)."""
+        message = f"{message};{self.error_query}"
         for attempt in range(2):
             try:
-                return parse_fields(self.query(message))
+                try:
+                    fields = parse_fields(self.query(message))
+                finally:
+                    self._awaiting_reply = True   # the error queue's line is still owed
+                self._raise_on_error(self.read(), message)
+                self.confirm_last()
+                return fields
             except TimeoutError:
                 self.check_errors()
                 if attempt:
@@ -386,15 +399,12 @@ class B1500A(VisaInstrument, SourceMeter):
             self.write("XE")
             self.pulses_sent += 1
         try:
-            reply = self.read()
+            field_ = parse_fields(self.read())[0]
         except (TimeoutError, ReplyError) as exc:
-            self.doubt_last()
             raise PulseOutcomeUnknown(f"{self.name}: no valid reply to XE; the pulse may or may "
                                       f"not have been applied ({exc})") from exc
-        except BaseException:
-            self.doubt_last()
-            raise
-        return parse_fields(reply)[0]
+        self.confirm_last()   # its data: the pulse was applied
+        return field_
 
     def safe_state(self) -> None:
         """All SMU outputs to 0 V, then every channel disabled (CL also zeroes them)."""
@@ -410,9 +420,8 @@ class B1500A(VisaInstrument, SourceMeter):
         except InstrumentError:
             pass  # e.g. a channel the instrument had already switched off; CL zeroes them all
         finally:
-            self.write("CL")
+            self.send("CL")
             self.enabled.clear()
-            self.check_errors()
 
 
 def pulse_commands(slot: int, base: float, peak: float, width: float, *, hold: float = 0.0,

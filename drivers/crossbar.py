@@ -190,6 +190,7 @@ class InstrumentCrossbar(Crossbar):
 
     def close(self) -> None:
         try:
+            self.settle()
             self.safe_state()
         finally:
             self.source.close()

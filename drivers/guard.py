@@ -6,15 +6,20 @@ bench limits given what the session has set up on the instrument (its `state`), 
 refuses everything else: an unknown command, a level it cannot check, a pulse of unknown
 width or energy, a mode nobody set up in this session. State the session cannot see
 (left by another program, or before the connect reset) is unknown, and unknown counts as
-unsafe. A message that fails on its way (lost link, timeout, instrument error part-way
-through) may or may not have taken effect: the grammar then merges the states before and
-after it into one that assumes the worst of both (`doubt`).
+unsafe.
+
+A message that has been sent has not necessarily been carried out: a command may fail and
+the instrument skip the rest, a reply may be lost. Until the instrument confirms the whole
+message (its error queue read clean right after it, in the same message), the guard holds
+the worst of every state the message passes through (`Change.uncertain`, merged with the
+grammar's `doubt`); confirmed, it holds the state the message leaves (`Change.after`).
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .errors import LimitError
@@ -45,11 +50,19 @@ class Grammar(ABC, Generic[State]):
         """Checks that span the whole message (a pulse set up in several commands)."""
 
     @abstractmethod
-    def doubt(self, before: State, after: State) -> State:
-        """The state to assume when a message may or may not have been carried out."""
+    def doubt(self, a: State, b: State) -> State:
+        """One state that assumes the worst of both `a` and `b` (a new object: neither is
+        changed). Merging the states a message passes through must also cover any subset of
+        its commands having run."""
 
     @abstractmethod
     def copy(self, state: State) -> State: ...
+
+
+@dataclass(frozen=True)
+class Change(Generic[State]):
+    after: State        # the state if the whole message is carried out
+    uncertain: State    # the worst of the states it passes through, if not all of it is
 
 
 class Guard(Generic[State]):
@@ -57,21 +70,20 @@ class Guard(Generic[State]):
         self.grammar, self.name = grammar, name
         self.state: State = grammar.unknown_state()
 
-    def check(self, message: str) -> State:
-        """The state `message` leaves behind; raises LimitError, sending nothing, if any
+    def check(self, message: str) -> Change[State]:
+        """What `message` would do to the state; raises LimitError, sending nothing, if any
         part of it cannot be proved safe."""
         bad = _UNPRINTABLE.search(message)
         if bad:
             raise LimitError(f"{self.name}: {message!r}: character {bad.group()!r} inside a message "
                              f"(a terminator would split it into commands nobody checked)")
-        state = self.grammar.copy(self.state)
-        for command in self.grammar.commands(message):
-            self.grammar.apply(state, command, f"{self.name}: {command.strip()!r}: ")
-        self.grammar.finish(state, f"{self.name}: ")
-        return state
-
-    def doubt(self, before: State, after: State) -> None:
-        self.state = self.grammar.doubt(before, after)
+        g = self.grammar
+        state, uncertain = g.copy(self.state), self.state
+        for command in g.commands(message):
+            g.apply(state, command, f"{self.name}: {command.strip()!r}: ")
+            uncertain = g.doubt(uncertain, state)
+        g.finish(state, f"{self.name}: ")
+        return Change(state, uncertain)
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

@@ -175,9 +175,6 @@ class Crossbar(ABC):
     def pulses_sent(self) -> int:
         """Pulses that have left for the devices so far (an unconfirmed one included)."""
 
-    def close(self) -> None:
-        self.safe_state()
-
     def __enter__(self):
         return self
 
@@ -191,12 +188,11 @@ class Crossbar(ABC):
         voltage = self.read_voltage if voltage is None else voltage
         if not voltage:
             raise ValueError(f"read of ({row}, {col}): a read needs a non-zero voltage")
-        intended = {"row": row, "col": col, "voltage": voltage}
         try:
-            self._begin("read", intended)
+            self._begin("read", {"row": row, "col": col, "voltage": voltage})
             result = self._read(row, col, voltage)
         except BaseException as exc:
-            self._end("read_failed", {**intended, "error": _why(exc)})
+            self.settle(_why(exc))
             raise
         self._end("read", result)
         return result
@@ -205,14 +201,12 @@ class Crossbar(ABC):
               scheme: Scheme | str = Scheme.V3) -> Pulse:
         self._check_device(row, col)
         scheme = Scheme(scheme)
-        intended = {"row": row, "col": col, "voltage": voltage, "width": width, "scheme": str(scheme)}
-        sent = self.pulses_sent()
         try:
-            self._begin("pulse", intended)
+            self._begin("pulse", {"row": row, "col": col, "voltage": voltage, "width": width,
+                                  "scheme": str(scheme)})
             result = self._pulse(row, col, voltage, width, scheme)
         except BaseException as exc:
-            self._end("pulse_unknown" if self.pulses_sent() > sent else "pulse_not_sent",
-                      {**intended, "error": _why(exc)})
+            self.settle(_why(exc))
             raise
         self._end("pulse", result)
         return result
@@ -246,26 +240,46 @@ class Crossbar(ABC):
     # Journal writes hold the exit signals: a Ctrl-C between an operation's start and its
     # record would leave the store wrong about what was sent.
 
-    # the journal entry of the operation in progress: an attribute, not a return value, so
-    # that a signal delivered as the deferral ends cannot lose it
-    _entry: int | None = None
+    # The operation in progress: (its journal entry, op, intended fields, pulses sent before
+    # it). Kept until its outcome is written, so that a signal landing anywhere between its
+    # start and its record leaves it to `settle`, which every exit path runs.
+    _in_flight: tuple | None = None
 
     def _begin(self, op: str, fields: dict) -> None:
-        self._entry = None
-        if self.journal is not None:
-            with signals_deferred():
-                self._entry = self.journal.begin(op, fields)
+        sent = self.pulses_sent()
+        with signals_deferred():
+            entry = self.journal.begin(op, fields) if self.journal is not None else None
+            self._in_flight = (entry, op, fields, sent)
 
     def _end(self, op: str, result: "Read | Pulse | dict") -> None:
-        entry, self._entry = self._entry, None
+        entry = self._in_flight[0] if self._in_flight else None
         if entry is None and not self.recorders:
+            self._in_flight = None
             return  # asdict costs a tenth of a simulated read: only when someone listens
         fields = result if isinstance(result, dict) else asdict(result)
-        if entry is not None:
-            with signals_deferred():
+        with signals_deferred():
+            if entry is not None:
                 self.journal.end(entry, op, fields)
+            self._in_flight = None
         for recorder in self.recorders:
             recorder(op, fields)
+
+    def settle(self, why: str = "interrupted before its outcome was recorded") -> None:
+        """Write down the outcome of an operation that ended without one: a pulse that left
+        for the devices is `pulse_unknown`, one that did not `pulse_not_sent`; a read is
+        `read_failed`."""
+        if self._in_flight is None:
+            return
+        _, op, fields, sent = self._in_flight
+        if op == "pulse":
+            op = "pulse_unknown" if self.pulses_sent() > sent else "pulse_not_sent"
+        else:
+            op = f"{op}_failed"
+        self._end(op, {**fields, "error": why})
+
+    def close(self) -> None:
+        self.settle()
+        self.safe_state()
 
     def _record(self, op: str, fields: dict) -> None:
         """An operation that completes at once (a simulated read map, a vmm)."""

@@ -21,7 +21,7 @@ from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
 from .errors import InstrumentError, InstrumentNotAnswering, InstrumentTimeout, LimitError, ReplyError
-from .guard import Grammar, Guard
+from .guard import Change, Grammar, Guard
 
 
 _ERROR = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')   # <code>,"<message>"
@@ -45,7 +45,7 @@ class VisaInstrument:
         self.timeout_s = timeout_s
         self.visa_library = visa_library
         self.guard = Guard(grammar, self.name)
-        self._last_change = (self.guard.state, self.guard.state)  # guard states around the last write
+        self._last_change: Change | None = None   # what the last message written would do
         self._awaiting_reply = False
         self._sent_at = 0.0  # time.monotonic() of the last message sent
         self._res = self._open()
@@ -89,27 +89,24 @@ class VisaInstrument:
     def write(self, message: str) -> None:
         """Send one message, if the guard can prove it safe (LimitError otherwise: nothing is sent)."""
         try:
-            after = self.guard.check(message)
+            change = self.guard.check(message)
         except LimitError:
             self._awaiting_reply = False  # nothing was sent: no reply is owed
             raise
-        self._last_change = (self.guard.state, after)
-        self.guard.state = after  # taken as done; a failure from here on doubts it
+        # from before it is sent until the instrument confirms it, any part of it may have run
+        self._last_change, self.guard.state = change, change.uncertain
         self._sent_at = time.monotonic()
         try:
             self._res.write(message)
         except (VisaIOError, OSError) as exc:
             self._awaiting_reply = False  # not sent (or the link is gone): no reply is owed
-            self.doubt_last()
             raise InstrumentNotAnswering(f"{self.name} at {self.resource_name}: sending {message!r} "
                                          f"failed: {exc}") from exc
-        except BaseException:
-            self.doubt_last()
-            raise
 
-    def doubt_last(self) -> None:
-        """The last message may or may not have been carried out."""
-        self.guard.doubt(*self._last_change)
+    def confirm_last(self) -> None:
+        """The instrument carried out the whole of the last message written."""
+        if self._last_change is not None:
+            self.guard.state, self._last_change = self._last_change.after, None
 
     def read(self) -> str:
         try:
@@ -139,12 +136,8 @@ class VisaInstrument:
             try:
                 return self.read()
             except TimeoutError:
-                self.doubt_last()
                 if attempt == retries:
                     raise
-            except BaseException:
-                self.doubt_last()
-                raise
 
     def drain(self) -> None:
         """Discard a reply that was still owed when the last query was abandoned: wait for it
@@ -190,7 +183,8 @@ class VisaInstrument:
     # --- the error queue ------------------------------------------------------------------
 
     def send(self, *commands: str) -> None:
-        """Commands in one message, then the error queue read in the same round trip."""
+        """Commands in one message, then the error queue read in the same round trip: a
+        clean answer confirms the whole message to the guard."""
         message = ";".join([*commands, self.error_query])
         try:
             reply = self.query(message)
@@ -200,14 +194,14 @@ class VisaInstrument:
             self._raise_on_error(self.query(self.error_query), message)
             raise
         self._raise_on_error(reply, message)
+        self.confirm_last()
 
     def check_errors(self) -> None:
         self._raise_on_error(self.query(self.error_query, retries=1), "")
 
     def _raise_on_error(self, reply: str, message: str) -> None:
         code, text = self._parse_error(reply)
-        if code != 0:
-            self.doubt_last()  # part of the message may have run before the failing command
+        if code != 0:   # part of the message may have run: the guard keeps assuming the worst
             self._clear_error_queue()
             raise InstrumentError(self.name, code, text, message)
 

@@ -35,7 +35,7 @@ def open_crossbar(config: BenchConfig) -> Iterator[InstrumentCrossbar]:
     """Lock the bench, connect its instruments and yield its crossbar; always ends in the
     safe state. Raises BenchBusy, touching no instrument, if another process has the bench."""
     with exit_signals_raise(), bench_lock(config):
-        opened = []
+        opened, xbar = [], None
         try:
             failure = None
             for name, kwargs in ((config.crossbar.source, {"limits": config.limits}),
@@ -55,19 +55,25 @@ def open_crossbar(config: BenchConfig) -> Iterator[InstrumentCrossbar]:
             yield xbar
         except BaseException as exc:
             # the original exception matters more than a failed confirmation, but it says so
-            for problem in _make_safe(opened):
+            for problem in _make_safe(xbar, opened):
                 exc.add_note(f"safe state not confirmed: {problem}")
             raise
         else:
-            problems = _make_safe(opened)
+            problems = _make_safe(xbar, opened)
             if problems:
                 raise RuntimeError("could not confirm the safe state: " + "; ".join(problems))
 
 
-def _make_safe(instruments) -> list[str]:
-    """Sources first (in bench order), then switches; every instrument is tried."""
+def _make_safe(xbar: InstrumentCrossbar | None, instruments) -> list[str]:
+    """The outcome of an operation cut short written down; then sources first (in bench
+    order), then switches; every instrument is tried."""
     problems = []
     with signals_deferred():
+        if xbar is not None:
+            try:
+                xbar.settle()
+            except Exception as exc:
+                problems.append(f"recording the operation in flight: {exc}")
         for inst in instruments:
             try:
                 inst.safe_state()

@@ -21,6 +21,7 @@ from drivers.b1500a import B1500A, NO_ERROR, parse_fields
 from drivers.e5250a import E5250A
 from drivers.errors import (InstrumentError, InstrumentNotAnswering, LimitError,
                             PulseOutcomeUnknown, ReplyError)
+from drivers.guard import Change
 from drivers.limits import Limits
 from helpers import after_message
 from simulator.bench import CableToSwitch, EmulatedInstrument, SimBenchSpec, SimulatedBench
@@ -199,7 +200,7 @@ def test_b1500a_measure_current_is_the_physical_current(bench, analyzer, switch)
     assert drive.value == pytest.approx(0.2 * float(g[0].sum()), rel=0.01, abs=QUANTUM)
     assert sense.value == pytest.approx(-0.2 * float(g[0, 0]), rel=0.01, abs=QUANTUM)
     assert not drive.compliance and not sense.compliance
-    assert commands(bench, "analyzer")[-2:] == ["TI 1,0", "TI 2,0"]
+    assert commands(bench, "analyzer")[-4:] == ["TI 1,0", "ERRX?", "TI 2,0", "ERRX?"]
 
 
 def test_b1500a_measure_current_with_levels_sets_them_in_the_same_message(bench, analyzer, switch):
@@ -207,7 +208,7 @@ def test_b1500a_measure_current_with_levels_sets_them_in_the_same_message(bench,
     analyzer.enable([1, 2, 3, 4])
     start = messages(bench, "analyzer")
     sense = analyzer.measure_current(2, levels={1: 0.3, 2: 0.0})
-    assert bench.servers["analyzer"].received()[start:] == ["DV 1,0,0.3,0.01;DV 2,0,0,0.01;TI 2,0"]
+    assert bench.servers["analyzer"].received()[start:] == ["DV 1,0,0.3,0.01;DV 2,0,0,0.01;TI 2,0;ERRX?"]
     assert bench.source_outputs()[("analyzer", 1)] == (0.3, 0.01)
     expected = -float(bench.array.device_currents(bench.conductances()[0, 0], torch.tensor(0.3)))
     assert sense.value == pytest.approx(expected, rel=0.01, abs=QUANTUM)
@@ -470,7 +471,7 @@ def test_e5250a_command_error_is_reported_although_it_discards_the_error_query(b
     command, so it is let through here (pytest-mock) to reach the instrument."""
     with pytest.raises(LimitError, match="not CIIOO"):
         switch.send(":ROUT:CLOSE (@001)")
-    mocker.patch.object(switch.guard, "check", return_value=switch.guard.state)
+    mocker.patch.object(switch.guard, "check", return_value=Change(switch.guard.state, switch.guard.state))
     with pytest.raises(InstrumentError) as info:
         switch.send(":ROUT:CLOSE (@001)")  # not a 5-digit channel: syntax error
     assert (info.value.code, info.value.message) == (-102, "Syntax error")

@@ -184,6 +184,24 @@ def test_measurement_modes_need_a_set_up_of_this_session(emulation, xbar):
     assert src.guard.state.mode == (3, (1,))
 
 
+def test_two_outputs_never_further_apart_than_a_device_may_see(emulation, xbar):
+    """A device may sit between any two lines: +2 V on one SMU and -2 V on another would put
+    4 V across it on a 2.5 V bench, whichever messages set them (CN on a channel already on
+    keeps its level)."""
+    bench, live = emulation
+    src = xbar.source
+    src.send("DV 1,0,2,0.01")
+    src.send("CN 1")
+    before = logs(bench)
+    with pytest.raises(LimitError, match=r"-2 V against \+2 V on SMU 1 exceeds max_device_voltage"):
+        src.send("DV 3,0,-2,0.01")
+    with pytest.raises(LimitError, match="max_device_voltage"):
+        src.send("PT 0,0.001,0.005;PV 4,0,0,-1,0.01;MM 3,4;XE")
+    assert sent_since(bench, before) == NOTHING
+    src.send("DV 1,0,0,0.01;DV 3,0,-2,0.01")   # 1 back to 0 V first: now 2 V apart at most
+    assert bench.exposure.device_voltage <= live.limits.max_device_voltage
+
+
 def test_a_hand_written_switch_close_joining_two_bias_inputs_is_never_sent(emulation, xbar):
     bench, _ = emulation
     xbar.read(0, 0)                       # drive (input 1) on row port 1, row_third (3) on port 2
