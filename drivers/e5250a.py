@@ -35,6 +35,12 @@ def channel_list(routes: Iterable[Route]) -> str:
 class SwitchState:
     closed: set[Route] | None = None      # relays that may be closed; None: unknown
     auto_config: bool = False             # :ROUT:FUNC ACON sent in this session
+    rule: str | None = None               # connection rule of the frame set in this session (FREE, SROU)
+    sequence: str | None = None           # connection sequence set in this session (BBM, MBBR, NSEQ)
+
+
+_RULES = {"FREE": "FREE", "SROU": "SROU", "SROUTE": "SROU"}
+_SEQUENCES = {"BBM": "BBM", "MBBR": "MBBR", "MBBREAK": "MBBR", "NSEQ": "NSEQ", "NSEQUENCE": "NSEQ"}
 
 
 # SCPI headers the guard knows, short or long form, the :ROUTe root optional
@@ -66,17 +72,20 @@ class SwitchGrammar(Grammar[SwitchState]):
         return SwitchState()
 
     def copy(self, s: SwitchState) -> SwitchState:
-        return SwitchState(None if s.closed is None else set(s.closed), s.auto_config)
+        return SwitchState(None if s.closed is None else set(s.closed), s.auto_config, s.rule, s.sequence)
 
     def commands(self, message: str) -> list[str]:
-        return [c for c in message.split(";") if c.strip()]   # no ';' inside a channel list
+        # no ';' inside a channel list. Headers without the leading ':' are refused in apply,
+        # even first in a message (where they would mean the same): nothing needs them.
+        return [c for c in message.split(";") if c.strip()]
 
     def apply(self, s: SwitchState, command: str, where: str) -> None:
         text = command.strip()
         head, _, rest = text.partition(" ")
         head, rest = head.upper(), rest.strip()
         if head == "*RST" and not rest:
-            s.closed, s.auto_config = set(), False   # all relays open; configuration: set it again
+            # all relays open; the configuration, rule and sequence this session sets again
+            s.closed, s.auto_config, s.rule, s.sequence = set(), False, None, None
             return
         if head in _COMMON:
             if rest:
@@ -116,9 +125,9 @@ class SwitchGrammar(Grammar[SwitchState]):
 
     def _close(self, s, rest, where):
         routes = self._routes(rest, where)
-        if s.closed is None or not s.auto_config:
-            raise LimitError(f"{where}relay state or configuration mode not known in this session "
-                             f"(*RST and :ROUT:FUNC ACON first)")
+        if s.closed is None or not s.auto_config or None in (s.rule, s.sequence):
+            raise LimitError(f"{where}relay state, configuration mode, connection rule or sequence not "
+                             f"known in this session (*RST, :ROUT:FUNC ACON, :ROUT:CONN:RULE and :SEQ first)")
         owner: dict[int, int] = {}
         for inp, out in sorted(s.closed | routes):
             if owner.setdefault(out, inp) != inp:
@@ -141,22 +150,44 @@ class SwitchGrammar(Grammar[SwitchState]):
         if rest.upper() not in ("ACON", "ACONFIG", "NCON", "NCONFIG"):
             raise LimitError(f"{where}unknown configuration mode {rest!r}")
         s.auto_config = rest.upper().startswith("ACON")
+        # a change of mode renumbers the cards, whose rule and sequence may start over
+        s.rule = s.sequence = None
+
+    # Under the single-route rule a close displaces the route holding its input or output;
+    # with make-before-break (MBBR), or no sequence (NSEQ), the new route is made while the
+    # old one may still hold the output: two inputs joined. The close check refuses any close
+    # whose routes share an output with a closed one, whatever the rule, so the joins cannot
+    # come from a close this guard lets through; the combination is refused all the same,
+    # so that safety does not rest on that check alone.
 
     def _rule(self, s, rest, where):
-        # the rule cannot create a join the close check has not refused: FREE or SROU
-        self._card_setting(rest, ("FREE", "SROU", "SROUTE"), where)
+        frame, rule = self._card_setting(rest, _RULES, where)
+        if rule == "SROU" and s.sequence != "BBM":
+            raise LimitError(f"{where}single route with sequence {s.sequence or 'unknown'} could make a "
+                             f"route before breaking the one holding its output (:ROUT:CONN:SEQ ALL,BBM first)")
+        s.rule = rule if frame else None
 
     def _sequence(self, s, rest, where):
-        self._card_setting(rest, ("BBM", "MBBR", "MBBREAK", "NSEQ", "NSEQUENCE"), where)
+        frame, sequence = self._card_setting(rest, _SEQUENCES, where)
+        if sequence != "BBM" and s.rule != "FREE":
+            raise LimitError(f"{where}sequence {sequence} under rule {s.rule or 'unknown'} could make a route "
+                             f"before breaking the one holding its output (:ROUT:CONN:RULE ALL,FREE first)")
+        s.sequence = sequence if frame else None
 
-    def _card_setting(self, rest: str, allowed: tuple[str, ...], where: str) -> None:
+    def _card_setting(self, rest: str, allowed: dict[str, str], where: str) -> tuple[bool, str]:
+        """(whether it sets the whole auto-configuration frame, canonical value). A single card
+        number leaves the frame's setting unknown (it names a card only in normal mode)."""
         card, _, value = rest.partition(",")
-        if not (card.strip().upper() == "ALL" or card.strip().isdigit()) or value.strip().upper() not in allowed:
+        card = card.strip().upper()
+        if not (card == "ALL" or card.isdigit()) or value.strip().upper() not in allowed:
             raise LimitError(f"{where}cannot check parameters {rest!r}")
+        return card in ("ALL", "0"), allowed[value.strip().upper()]
 
     def doubt(self, before: SwitchState, after: SwitchState) -> SwitchState:
         closed = None if None in (before.closed, after.closed) else before.closed | after.closed
-        return SwitchState(closed, before.auto_config and after.auto_config)
+        same = lambda a, b: a if a == b else None  # noqa: E731
+        return SwitchState(closed, before.auto_config and after.auto_config,
+                           same(before.rule, after.rule), same(before.sequence, after.sequence))
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -183,6 +214,22 @@ class E5250A(VisaInstrument, SwitchMatrix):
         self.identity = self.query("*IDN?", retries=1).strip()
         self.send(":ROUT:FUNC ACON", ":ROUT:CONN:RULE ALL,FREE", ":ROUT:CONN:SEQ ALL,BBM")
         self.guard.state.closed |= self.read_closed()
+
+    def event_status(self) -> int:
+        """*ESR?: the standard event status register, cleared by reading it."""
+        reply = self.query("*ESR?", retries=0).strip()   # not retried: reading clears it
+        if not reply.lstrip("+").isdigit():
+            raise ReplyError(f"{self.name}: unexpected reply to *ESR?: {reply!r}")
+        return int(reply)
+
+    def clear_status(self) -> None:
+        """*CLS: empties the error queue and the event status register."""
+        self.send("*CLS")
+
+    def connection_settings(self) -> tuple[str, str]:
+        """(rule, sequence) of the auto-configuration frame, as the instrument reports them."""
+        return (self.query(":ROUT:CONN:RULE? 0", retries=1).strip(),
+                self.query(":ROUT:CONN:SEQ? 0", retries=1).strip())
 
     def card_types(self) -> dict[int, str]:
         types = {}

@@ -5,7 +5,7 @@ simulator)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -97,6 +97,51 @@ class SwitchMatrix(ABC):
     @abstractmethod
     def safe_state(self) -> None:
         """Every relay open."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PulseStep:
+    """One segment of a pulse sequence: the `drive` and `sense` channels held at these
+    levels for `width` seconds (the source's edges come on top). If `measure`, the current
+    into the lines `sense` drives is averaged over the segment and returned."""
+
+    drive: float
+    sense: float
+    width: float
+    measure: bool = False
+
+
+class PulseSource(ABC):
+    """A fast pulse generator that also measures (a 4225-PMU, a B1530A WGFMU): runs whole
+    sequences of pulse-and-read steps on two channels in one transaction. Between steps and
+    after the sequence both channels are at 0 V."""
+
+    name: str
+    edge_s: float = 1e-8            # rise and fall time of every level change
+    max_steps: int = 64             # the longest sequence one `run_sequence` takes
+    pulses_sent: int = 0            # sequences that have left the host (an unconfirmed one included)
+
+    @abstractmethod
+    def initialize(self) -> None: ...
+
+    @abstractmethod
+    def pulse_channels(self) -> list[int]: ...
+
+    @abstractmethod
+    def check_sequence(self, drive: int, sense: int, steps: "Sequence[PulseStep]") -> None:
+        """Raise LimitError (or ValueError) if `run_sequence` would be refused; sends nothing."""
+
+    @abstractmethod
+    def run_sequence(self, drive: int, sense: int, steps: "Sequence[PulseStep]") -> list[float]:
+        """Run the steps; the current measured in each `measure` step, in order. Never
+        retried: raises PulseOutcomeUnknown if completion is not confirmed."""
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Both channels to 0 V and their outputs off."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -211,6 +256,21 @@ class Crossbar(ABC):
         self._end("pulse", result)
         return result
 
+    max_batch: int = 1   # pulse-and-read pairs one transaction carries (1: one at a time)
+
+    def pulse_and_read(self, row: int, col: int, voltages: Sequence[float], width: float,
+                       scheme: Scheme | str = Scheme.V3, reads: int = 1) -> list[list[float]]:
+        """Each pulse of `voltages` followed by `reads` reads of the device: the conductances
+        read after each pulse (with no voltages, `reads` reads and no pulse). A backend that
+        can run them as one sequence (a WGFMU or PMU) does; the default goes one by one, and
+        stops at the first failure (the pulses after it are not sent)."""
+        out = []
+        for v in voltages or [None]:
+            if v is not None:
+                self.pulse(row, col, v, width, scheme)
+            out.append([self.read(row, col).conductance for _ in range(reads)])
+        return out
+
     def read_all(self) -> np.ndarray:
         """Conductance map (S), read row by row."""
         return np.array([[self.read(r, c).conductance for c in range(self.cols)] for r in range(self.rows)])
@@ -271,8 +331,8 @@ class Crossbar(ABC):
         if self._in_flight is None:
             return
         _, op, fields, sent = self._in_flight
-        if op == "pulse":
-            op = "pulse_unknown" if self.pulses_sent() > sent else "pulse_not_sent"
+        if op == "pulse" or fields.get("voltages"):
+            op = f"{op}_unknown" if self.pulses_sent() > sent else f"{op}_not_sent"
         else:
             op = f"{op}_failed"
         self._end(op, {**fields, "error": why})

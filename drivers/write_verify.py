@@ -6,10 +6,17 @@ the new polarity's amplitude from its start value; stop when `reads_to_accept` s
 reads are in tolerance, or give up when a voltage or pulse cap is hit (the device is then
 reported as failed, with the reason). A pulse whose outcome is unknown is never repeated
 blindly: the device is read again and the decision made afresh.
+
+On a crossbar that runs pulse-and-read sequences (`Crossbar.max_batch` > 1) the same ramp
+goes out several pulses at a time: as many as the last pulses' effect says cannot carry the
+device past its target (all of them while it does not move yet), and the reads that accept
+a device go out together. With one pulse per batch the decisions are those of the
+one-at-a-time algorithm.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,6 +46,10 @@ class TuneParams(BaseModel):
     max_failures: int = Field(3, ge=1, description="consecutive instrument failures before aborting")
     stuck_span: float = Field(0.03, gt=0, description="a failed device whose reads never spread more "
                                                      "than this fraction of the target is called stuck")
+    max_batch: int = Field(32, ge=1, description="pulses sent in one sequence at most, where the "
+                                                 "crossbar runs sequences (1: one per round trip)")
+    ramp_speedup: float = Field(1.3, ge=1, description="how much more each pulse of a ramp is assumed to "
+                                                       "move a device than the one before (batch sizing)")
 
     @model_validator(mode="after")
     def _ranges(self) -> "TuneParams":
@@ -76,37 +87,63 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
     res = TuneResult(row, col, target, tuned=False, conductance=float("nan"))
     band = p.tolerance * target
     amplitude = {+1: p.set_start, -1: p.reset_start}
+    batch = max(1, min(p.max_batch, xbar.max_batch))
     last_polarity = 0
     accepted: list[float] = []
     failures = 0
+    moved = None   # |change| per pulse at the end of the last batch (None: not measured at this polarity)
+    size = 1       # pulses in the last batch
 
-    while True:
-        try:
-            g = xbar.read(row, col).conductance
-        except LimitError:
-            raise
-        except DriverError as exc:
-            failures = _failed(res, failures, p, f"read: {exc}")
-            continue
-        failures = 0
+    def seen(g: float) -> None:
         res.reads += 1
         res.conductance = g
         if res.reads == 1:
             res.g_initial = g
         res.g_low, res.g_high = min(res.g_low, g), max(res.g_high, g)
 
+    g = None
+    while True:
+        if g is None:   # the device's state is not known: read it
+            try:
+                g = xbar.read(row, col).conductance
+            except LimitError:
+                raise
+            except DriverError as exc:
+                failures = _failed(res, failures, p, f"read: {exc}")
+                continue
+            failures = 0
+            seen(g)
+
         if abs(g - target) <= band:
             accepted.append(g)
+            if batch > 1 and len(accepted) < p.reads_to_accept:
+                try:   # the remaining accepting reads in one sequence
+                    reads = xbar.pulse_and_read(row, col, [], p.width, p.scheme,
+                                                reads=p.reads_to_accept - len(accepted))[0]
+                except LimitError:
+                    raise
+                except DriverError as exc:
+                    failures, g = _failed(res, failures, p, f"reads: {exc}"), None
+                    continue
+                failures = 0
+                for g in reads:
+                    seen(g)
+                    if abs(g - target) > band:
+                        break
+                    accepted.append(g)
             if len(accepted) >= p.reads_to_accept:
                 res.tuned = True
                 res.conductance = sum(accepted) / len(accepted)
                 return res
-            continue
+            if abs(g - target) <= band:
+                g = None
+                continue
         accepted.clear()
 
         polarity = +1 if g < target else -1
         if last_polarity and polarity != last_polarity:  # overshoot
             amplitude[polarity] = p.set_start if polarity > 0 else p.reset_start
+            moved = None
         stop = p.set_stop if polarity > 0 else p.reset_stop
         v = amplitude[polarity]
         if abs(v) > abs(stop) + 1e-12:
@@ -114,16 +151,57 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
                                     f"{stop:+.2f} V at G = {g * 1e6:.1f} uS")
         if res.pulses >= p.max_pulses:
             return _give_up(res, p, f"pulse cap {p.max_pulses} reached at G = {g * 1e6:.1f} uS")
-        res.pulses += 1  # counted before sending: a pulse with an unknown outcome may have happened
+        size = _batch_size(batch, moved, abs(target - g), size, p.ramp_speedup)
+        voltages = _ramp(v, polarity, stop, p, min(size, p.max_pulses - res.pulses))
+        res.pulses += len(voltages)  # counted before sending: a pulse with an unknown outcome may have happened
+        amplitude[polarity] = round(voltages[-1] + polarity * p.step, 9)  # no creeping past a cap by rounding
+        last_polarity = polarity
+        before = g
         try:
-            xbar.pulse(row, col, v, p.width, p.scheme)
+            if batch == 1:
+                xbar.pulse(row, col, v, p.width, p.scheme)
+                g = None
+            else:
+                reads = [r[0] for r in xbar.pulse_and_read(row, col, voltages, p.width, p.scheme)]
+                for g in reads:
+                    seen(g)
+                last = [before, *reads][-min(4, len(reads)) - 1:]   # the most recent pulses: the largest
+                moved = abs(last[-1] - last[0]) / (len(last) - 1)
             failures = 0
         except LimitError:
             raise
         except DriverError as exc:
             failures = _failed(res, failures, p, f"pulse {v:+.2f} V: {exc}")
-        amplitude[polarity] = round(v + polarity * p.step, 9)  # no creeping past a cap by rounding
-        last_polarity = polarity
+            g = None
+
+
+def _ramp(v: float, polarity: int, stop: float, p: TuneParams, n: int) -> list[float]:
+    """Up to n amplitudes of the ramp from v, none past the cap."""
+    out = []
+    while len(out) < max(1, n) and abs(v) <= abs(stop) + 1e-12:
+        out.append(v)
+        v = round(v + polarity * p.step, 9)
+    return out
+
+
+def _batch_size(batch: int, moved: float | None, distance: float, previous: int, speedup: float) -> int:
+    """Pulses that should not carry the device past its target: a few to start a ramp,
+    twice as many each time while the device does not move, and no more than would cover
+    half the distance left if each pulse moved it `speedup` times as far as the one before,
+    starting from the latest pulses' rate."""
+    if batch == 1:
+        return 1
+    if moved is None:
+        return min(batch, 4)
+    grown = min(batch, 2 * previous)
+    if moved <= 0:
+        return grown
+    budget = 0.5 * distance / moved   # in units of the latest per-pulse change
+    if speedup == 1:
+        k = budget
+    else:   # sum of speedup**i for i = 1..k <= budget
+        k = math.log(1 + budget * (speedup - 1) / speedup, speedup)
+    return max(1, min(grown, int(k)))
 
 
 def _failed(res: TuneResult, failures: int, p: TuneParams, text: str) -> int:

@@ -20,7 +20,7 @@ from protocols.tuning import TuneArrayParams, checkerboard
 
 from .bench import emulate, open_crossbar
 from .benchlock import BenchBusy
-from .config import BenchConfig, BenchFileError, describe, load_bench, load_model
+from .config import SHIPPED_BENCHES, BenchConfig, BenchFileError, describe, load_bench, load_model
 from .store import RunStore
 
 DEMO_BENCH = "sim-b1500-e5250"
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("bench", help="bench file (or the name of a shipped bench)")
     serve.add_argument("--write-bench", metavar="FILE", help="write the bench file with the live resources")
     serve.add_argument("--log-dir", metavar="DIR", help="write each instrument's command log there")
+    serve.add_argument("--fault", action="append", default=[], metavar="INSTRUMENT:KIND[@AFTER][=VALUE]",
+                       help="an emulated fault to rehearse (kinds: slow, timeout, drop, garble, error, hang; "
+                            "AFTER: messages received first), e.g. analyzer:timeout@40=6; repeatable")
     serve.set_defaults(func=cmd_sim_serve)
     calib = sim.add_parser("calibrate", help="compare the simulated TiO2 crossbar with the measured data")
     calib.add_argument("--preset", default="tio2-passive")
@@ -108,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(func=cmd_tune)
 
     demo = sub.add_parser("demo", help="tune an 8x8 simulated crossbar through the emulated instruments")
+    demo.add_argument("--bench", default=DEMO_BENCH, help=f"a shipped bench name or a bench file with a "
+                      f"`simulation` section (default {DEMO_BENCH}; shipped: {', '.join(_shipped())})")
     demo.add_argument("--seed", type=int, help="simulated crossbar seed (default: the bench file's)")
+    demo.add_argument("--fault", action="append", default=[], metavar="INSTRUMENT:KIND[@AFTER][=VALUE]",
+                      help="an emulated fault to rehearse (see memlab sim serve --help); repeatable")
     _store_and_json(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -137,10 +144,14 @@ def _store_and_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the summary as JSON")
 
 
+def _shipped() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_BENCHES.glob("*.yaml"))
+
+
 # --- sim serve --------------------------------------------------------------------------------
 
 def cmd_sim_serve(args) -> int:
-    config = load_bench(args.bench)
+    config = load_bench(args.bench).with_faults(args.fault)
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda *a: stop.set())
@@ -188,16 +199,22 @@ def check_bench(config: BenchConfig) -> int:
     print(f"bench {config.name}: {config.rows}x{config.cols} crossbar")
     problems = 0
     with open_crossbar(config) as xbar:   # connecting checks the wiring against the switch's size
-        print(f"  {xbar.source.name}: {xbar.source.identity} at {xbar.source.resource_name}")
-        print("    modules: " + ", ".join(f"slot {s} {m}" for s, m in sorted(xbar.source.modules.items())))
-        print(f"  {xbar.switch.name}: {xbar.switch.identity} at {xbar.switch.resource_name}")
-        cards = xbar.switch.card_types()
-        print("    cards: " + (", ".join(f"{c}: {t}" for c, t in cards.items()) or "none"))
+        for inst in xbar.instruments:
+            print(f"  {inst.name}: {inst.identity} at {inst.resource_name}")
+            if getattr(inst, "modules", None):
+                print("    modules: " + ", ".join(f"slot {s} {m}" for s, m in sorted(inst.modules.items())))
+            if hasattr(inst, "card_types"):
+                cards = inst.card_types()
+                print("    cards: " + (", ".join(f"{c}: {t}" for c, t in cards.items()) or "none"))
         floor = 1e-9  # A: below this a line is taken as open
-        for r in range(config.rows):
-            problems += _continuity(xbar, "row", r, r, r % config.cols, floor)
-        for c in range(config.cols):
-            problems += _continuity(xbar, "column", c, c % config.rows, c, floor)
+        paths = [("SMUs", False)] + ([(f"pulse source {xbar.pulser.name}", True)] if xbar.pulser else [])
+        for label, fast in paths:
+            print(f"  through the {label}:")
+            xbar.fast = fast
+            for r in range(config.rows):
+                problems += _continuity(xbar, "row", r, r, r % config.cols, floor)
+            for c in range(config.cols):
+                problems += _continuity(xbar, "column", c, c % config.rows, c, floor)
     print("wiring check: " + ("OK" if not problems else f"{problems} line(s) without current"))
     return 1 if problems else 0
 
@@ -211,12 +228,20 @@ def _continuity(xbar, kind: str, index: int, r: int, c: int, floor: float) -> in
 
 # --- tune and demo --------------------------------------------------------------------------------
 
-def _params(args) -> TuneArrayParams:
-    """--params FILE and --tolerance, each refused in one line naming it."""
+def _params(args, config: BenchConfig) -> TuneArrayParams:
+    """The bench's tuning section, under --params FILE and --tolerance, each refused in one
+    line naming it."""
     params = TuneArrayParams()
     if getattr(args, "params", None):
         params = load_model(args.params, TuneArrayParams, "a parameter file is a YAML mapping "
                                                           "(tolerance, tune: {...}, touch_up_passes, verify_reads)")
+    if config.tuning:   # what the file set wins over the bench's defaults
+        try:
+            tune = config.tune_params(**params.tune.model_dump(exclude_unset=True))
+            params = TuneArrayParams.model_validate({**params.model_dump(exclude_unset=True),
+                                                     "tune": tune.model_dump(exclude_unset=True)})
+        except ValidationError as exc:
+            raise ValueError(f"{getattr(args, 'params', None) or 'bench ' + config.name}: {describe(exc)}") from None
     tolerance = getattr(args, "tolerance", None)
     if tolerance is not None:
         if not 0 < tolerance < 1:
@@ -256,7 +281,7 @@ def cmd_tune(args) -> int:
     config = load_bench(args.bench)
     _check_json_path(args.json)
     targets, source, unit = _targets(args, config)
-    params = _params(args)
+    params = _params(args, config)
     check_tuning(config, targets, params.tune, source=source, unit=unit)   # before anything starts
     emulation = None
     if args.simulate:
@@ -276,18 +301,24 @@ def cmd_tune(args) -> int:
 def cmd_demo(args) -> int:
     from .tuning import run_tuning
 
-    config = load_bench(DEMO_BENCH)
+    config = load_bench(args.bench)
     _check_json_path(args.json)
+    if config.simulation is None:
+        raise ValueError(f"--bench {args.bench}: bench {config.name} has no `simulation` section: the demo "
+                         f"runs on an emulated bench")
     if args.seed is not None:
         config = config.model_copy(update={"simulation": config.simulation.model_copy(update={"seed": args.seed})})
+    config = config.with_faults(args.fault)
     low, high = DEMO_LEVELS_US
     targets = checkerboard(config.rows, config.cols, low * 1e-6, high * 1e-6)
-    params = TuneArrayParams()
+    params = _params(args, config)
     bench, live = emulate(config)
     print(f"memlab demo: {config.rows}x{config.cols} simulated {config.simulation.preset} crossbar "
           f"(seed {config.simulation.seed}) behind emulated instruments on loopback VISA:")
     for name, resource in bench.resources.items():
         print(f"  {name:10s} {config.instruments[name].type:16s} {resource}")
+    for name in bench.libraries:
+        print(f"  {name:10s} {config.instruments[name].type:16s} (vendor library, emulated in this process)")
     print(f"tuning a {low:g}/{high:g} uS checkerboard by write-verify with the V/3 scheme")
     try:
         summary = run_tuning(live, targets, params, _store(args), kind="demo",

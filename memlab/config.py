@@ -4,23 +4,51 @@ the file and the field."""
 
 from __future__ import annotations
 
+import importlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.b1500a import B1500A
 from drivers.crossbar import ROLES, Wiring
-from drivers.e5250a import E5250A
-from drivers.interfaces import SourceMeter
 from drivers.limits import Limits
-from simulator.spec import Timing
+from drivers.write_verify import TuneParams
+from simulator.spec import FaultSpec, Timing
 
-# the driver registry: instrument type -> driver class
-DRIVERS = {"keysight_b1500a": B1500A, "keysight_e5250a": E5250A}
-INSTRUMENT_TYPES = {name: "source" if issubclass(cls, SourceMeter) else "switch" for name, cls in DRIVERS.items()}
+
+@dataclass(frozen=True)
+class DriverEntry:
+    """One row of the driver registry: where the driver class is and what it can be on a
+    bench (`source`: SMUs for the bias roles; `switch`; `pulser`: a fast pulse source)."""
+
+    path: str
+    roles: frozenset[str]
+
+    def load(self) -> type:
+        module, name = self.path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def _entry(path: str, *roles: str) -> DriverEntry:
+    return DriverEntry(path, frozenset(roles))
+
+
+# the driver registry: instrument type -> driver (imported when a bench uses it)
+DRIVERS = {
+    "keysight_b1500a": _entry("drivers.b1500a:B1500A", "source"),
+    "keysight_e5250a": _entry("drivers.e5250a:E5250A", "switch"),
+    "keithley_4200a": _entry("drivers.k4200a:K4200A", "source", "pulser"),
+    "keithley_707b": _entry("drivers.k707b:K707B", "switch"),
+    "keysight_b1530a": _entry("drivers.wgfmu:WGFMU", "pulser"),
+}
+INSTRUMENT_TYPES = {name: entry.roles for name, entry in DRIVERS.items()}
+
+
+def driver_class(instrument_type: str) -> type:
+    return DRIVERS[instrument_type].load()
 SHIPPED_BENCHES = Path(__file__).parent / "benches"
 M = TypeVar("M", bound=BaseModel)
 _SOCKET = re.compile(r"^TCPIP0?::([^:]+)::(\d+)::SOCKET$", re.IGNORECASE)
@@ -47,7 +75,7 @@ class InstrumentConfig(BaseModel):
         return value
 
     @property
-    def role(self) -> str:
+    def roles(self) -> frozenset[str]:
         return INSTRUMENT_TYPES[self.type]
 
     def socket_port(self) -> tuple[str, int] | None:
@@ -60,7 +88,10 @@ class CrossbarConfig(BaseModel):
 
     source: str = Field(description="name of the source instrument")
     switch: str = Field(description="name of the switch matrix")
+    pulser: str | None = Field(None, description="name of the fast pulse source (PMU, WGFMU), cabled as "
+                                                 "wiring.pulse; none: SMU spot pulses")
     read_voltage: float = Field(0.2, gt=0)
+    read_width: float = Field(1e-6, gt=0, description="read pulse width on the fast pulse source (s)")
     conductance_window: tuple[float, float] = Field(
         (1e-6, 1e-2), description="conductances (S) the devices can be tuned to: targets outside are refused")
 
@@ -80,6 +111,7 @@ class SimulationConfig(BaseModel):
     preset: str = "tio2-passive"
     seed: int = 0
     timing: Timing = Timing()
+    faults: dict[str, list[FaultSpec]] = Field({}, description="per emulated instrument: faults to rehearse")
 
 
 class BenchConfig(BaseModel):
@@ -90,32 +122,68 @@ class BenchConfig(BaseModel):
     crossbar: CrossbarConfig
     wiring: Wiring
     limits: Limits = Limits()
+    tuning: dict[str, Any] | None = Field(None, description="write-verify parameters that suit this bench's "
+                                                            "pulses (drivers.write_verify.TuneParams fields)")
     simulation: SimulationConfig | None = None
 
     @model_validator(mode="after")
     def _references(self) -> "BenchConfig":
-        for field, role in (("source", "source"), ("switch", "switch")):
+        for field in ("source", "switch", "pulser"):
             name = getattr(self.crossbar, field)
+            if name is None:
+                continue
             inst = self.instruments.get(name)
             if inst is None:
                 raise ValueError(f"crossbar.{field}: no instrument named {name!r} "
                                  f"(instruments: {', '.join(self.instruments)})")
-            if inst.role != role:
-                raise ValueError(f"crossbar.{field}: instrument {name!r} is a {inst.type}, not a {role}")
+            if field not in inst.roles:
+                raise ValueError(f"crossbar.{field}: instrument {name!r} is a {inst.type}, not a {field}")
+        if (self.crossbar.pulser is None) != (self.wiring.pulse is None):
+            raise ValueError("wiring.pulse: the fast pulse source's cables and crossbar.pulser go together"
+                             if self.crossbar.pulser is None else
+                             f"wiring.pulse: missing (how crossbar.pulser {self.crossbar.pulser!r} is cabled)")
         self.limits.check_device_voltage(self.crossbar.read_voltage, "crossbar.read_voltage: ")
+        if self.simulation is not None:
+            for name in self.simulation.faults:
+                if name not in self.instruments:
+                    raise ValueError(f"simulation.faults.{name}: no instrument of that name "
+                                     f"(instruments: {', '.join(self.instruments)})")
+        if self.tuning is not None:
+            try:
+                TuneParams.model_validate(self.tuning)
+            except ValidationError as exc:
+                raise ValueError("tuning: " + describe(exc)) from None
         switch = self.instruments[self.crossbar.switch]
-        inputs, outputs = DRIVERS[switch.type].max_ports
+        inputs, outputs = driver_class(switch.type).max_ports
         for kind, ports in (("rows", self.wiring.rows), ("columns", self.wiring.columns)):
             for i, port in enumerate(ports):
                 if port > outputs:
                     raise ValueError(f"wiring.{kind}[{i}]: switch output port {port}, but a {switch.type} "
                                      f"has at most {outputs}")
-        for role in ROLES:
-            port = self.wiring.role(role).switch_input
+        cables = [(role, self.wiring.role(role).switch_input) for role in ROLES]
+        if self.wiring.pulse is not None:
+            cables += [(f"pulse.{name}", cable.switch_input) for name in ("drive", "sense", "unselected_columns")
+                       if (cable := getattr(self.wiring.pulse, name)) is not None]
+        for role, port in cables:
             if port > inputs:
                 raise ValueError(f"wiring.{role}.switch_input: input port {port}, but a {switch.type} "
                                  f"has {inputs}")
         return self
+
+    def pulse_line_ratios(self) -> dict[int, tuple[float, ...]]:
+        """Per pulse-source channel, the fractions of its level its cables carry to the
+        switch (what its guard bounds the device voltages with)."""
+        ratios: dict[int, list[float]] = {}
+        p = self.wiring.pulse
+        if p is not None:
+            for cable in (p.drive, p.sense, p.unselected_columns):
+                if cable is not None:
+                    ratios.setdefault(cable.channel, []).append(cable.ratio)
+        return {ch: tuple(r) for ch, r in ratios.items()}
+
+    def tune_params(self, **overrides) -> TuneParams:
+        """The bench's write-verify parameters (its `tuning` section over the defaults)."""
+        return TuneParams.model_validate({**(self.tuning or {}), **overrides})
 
     @property
     def rows(self) -> int:
@@ -124,6 +192,21 @@ class BenchConfig(BaseModel):
     @property
     def cols(self) -> int:
         return len(self.wiring.columns)
+
+    def with_faults(self, specs: list[str]) -> "BenchConfig":
+        """The bench with more emulated faults, each 'INSTRUMENT:KIND[@AFTER][=VALUE]'."""
+        if self.simulation is None:
+            raise ValueError(f"bench {self.name}: faults need a `simulation` section")
+        faults = {name: list(items) for name, items in self.simulation.faults.items()}
+        for text in specs:
+            try:
+                name, fault = FaultSpec.parse(text)
+            except ValidationError as exc:
+                raise ValueError(f"--fault {text}: {describe(exc)}") from None
+            if name not in self.instruments:
+                raise ValueError(f"--fault {text}: no instrument {name!r} (instruments: {', '.join(self.instruments)})")
+            faults.setdefault(name, []).append(fault)
+        return self.model_copy(update={"simulation": self.simulation.model_copy(update={"faults": faults})})
 
     def with_resources(self, resources: dict[str, str]) -> "BenchConfig":
         instruments = {name: inst.model_copy(update={"resource": resources.get(name, inst.resource)})

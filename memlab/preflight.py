@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from drivers.errors import LimitError
-from drivers.interfaces import Scheme
+from drivers.crossbar import fast_levels
+from drivers.interfaces import PulseStep, Scheme
 from drivers.write_verify import TuneParams
 
-from .config import DRIVERS, BenchConfig
+from .config import BenchConfig, driver_class
 
 
 class PlanError(ValueError):
@@ -26,18 +27,45 @@ def check_tuning(config: BenchConfig, targets: np.ndarray, params: TuneParams, *
 
 def check_ramps(config: BenchConfig, p: TuneParams, *, field: str = "tune") -> None:
     """Every amplitude of both ramps is a pulse the bench may send: checked at the extremes
-    (the checks are monotonic in |V|), under the bias scheme, through the source's guard."""
+    (the checks are monotonic in |V|), under the bias scheme, through the guard of the
+    instrument that will send it (the fast pulse source where it can, else the SMUs)."""
     limits = config.limits
-    driver = DRIVERS[config.instruments[config.crossbar.source].type]
     for name, peak in (("set_start", p.set_start), ("set_stop", p.set_stop),
                        ("reset_start", p.reset_start), ("reset_stop", p.reset_stop)):
         where = f"{field}.{name}: {peak:+.4g} V pulse of {p.width:.4g} s: "
-        base = peak / 3 if p.scheme is Scheme.V3 else peak / 2   # the drive line waits at its bias
         try:
             limits.check_device_voltage(peak)
+        except LimitError as exc:
+            raise PlanError(f"{where}refused: {exc}") from None
+        reasons = []
+        if config.crossbar.pulser is not None:
+            try:
+                return_ok = _check_fast(config, peak, p)
+            except (LimitError, ValueError) as exc:
+                return_ok, _ = False, reasons.append(f"{config.crossbar.pulser}: {exc}")
+            if return_ok:
+                continue
+        driver = driver_class(config.instruments[config.crossbar.source].type)
+        base = peak / 3 if p.scheme is Scheme.V3 else peak / 2   # the drive line waits at its bias
+        try:
             driver.check_pulse_plan(limits, base, peak, p.width)
         except (LimitError, ValueError) as exc:
-            raise PlanError(f"{where}refused: {exc}") from None
+            reasons.append(str(exc))
+            raise PlanError(f"{where}refused: {'; '.join(reasons)}") from None
+
+
+def _check_fast(config: BenchConfig, peak: float, p: TuneParams) -> bool:
+    """A pulse and its read as the crossbar's fast path would send them, through the pulse
+    source's guard; False if the fast path cannot make the scheme."""
+    wiring, c = config.wiring.pulse, config.crossbar
+    levels = fast_levels(wiring, peak, p.scheme)
+    if levels is None:
+        return False
+    steps = [PulseStep(*levels, p.width), PulseStep(*fast_levels(wiring, c.read_voltage, None), c.read_width, True)]
+    pulser = config.instruments[c.pulser]
+    driver_class(pulser.type).check_sequence_plan(config.limits, wiring.drive.channel, wiring.sense.channel,
+                                                  steps, line_ratios=config.pulse_line_ratios(), **pulser.options)
+    return True
 
 
 def check_targets(config: BenchConfig, targets: np.ndarray, *, source: str = "targets",

@@ -91,12 +91,11 @@ def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams
         run = store.start_run(kind, params={"tuning": params.model_dump(mode="json"),
                                             "targets_shape": list(targets.shape)},
                               bench={**config.model_dump(mode="json"),
-                                     "identities": {xbar.source.name: xbar.source.identity,
-                                                    xbar.switch.name: xbar.switch.identity}})
+                                     "identities": {i.name: i.identity for i in xbar.instruments}})
         with run:
             note_run(config, run.id)
             run.save_array("targets", targets)
-            run.record("connect", source=xbar.source.identity, switch=xbar.switch.identity)
+            run.record("connect", **{i.name: i.identity for i in xbar.instruments})
             xbar.journal = run.journal(bench_clock)
             result = tune_array(xbar, targets, params, progress=progress)
             run.save_array("final", result.final)

@@ -72,6 +72,12 @@ ERROR_MESSAGES: dict[int, str] = {
     200: "Channel output switch must be ON.",
     201: "Measurement mode must be set by MM before XE.",
     202: "Pulse source must be set by PV for the measurement channel.",
+    203: "Sweep source must be set by WV before XE.",
+    204: "Sampling source or timing must be set before XE.",
+    205: "SPGU channel output switch must be ON.",
+    206: "SPGU pulse timing does not fit in the pulse period.",
+    207: "SPGU must be in PG mode (SIM 0).",
+    208: "Specified channel is not an SPGU channel.",
 }
 NO_ERROR = '+0,"No Error."'
 ERROR_QUEUE_DEPTH = 100  # GUESS: deep enough that nothing real is lost
@@ -216,6 +222,43 @@ class _Pulse:
     icomp: float
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """WV (primary) or WSV (synchronous) staircase sweep source."""
+
+    slot: int
+    mode: int                  # 1 linear, 2 log, 3 linear two-way, 4 log two-way (WSV: the primary's)
+    v_range: int
+    start: float
+    stop: float
+    steps: int                 # WSV: 0 (it follows the primary)
+    icomp: float
+    pcomp: float | None = None
+
+
+@dataclass(frozen=True)
+class _SamplingSource:
+    """MV ch,range,base,bias,Icomp."""
+
+    v_range: int
+    base: float
+    bias: float
+    icomp: float
+
+
+@dataclass
+class _SpguChannel:
+    """One B1525A output (initial values: GUESS where the guide was not available)."""
+
+    enabled: bool = False
+    mode: int = 0                      # SPM: 0 DC, 1 source 1, 2 source 2, 3 both (3-level)
+    levels: dict = field(default_factory=lambda: {0: (0.0, 0.0), 1: (0.0, 0.0), 2: (0.0, 0.0)})
+    timing: dict = field(default_factory=lambda: {1: (0.0, 1e-7, 2e-8, 2e-8), 2: (0.0, 1e-7, 2e-8, 2e-8)})
+    load: float = 50.0                 # SER: the load the set voltages are meant for
+    switch: tuple = (0, 0, 0.0, 1e-7)  # ODSW state, normal, delay, width
+    output: float = 0.0                # set voltage now at the output (SPUPD, SPP)
+
+
 @dataclass
 class _Settings:
     fmt: tuple[int, int] = (1, 0)
@@ -232,6 +275,15 @@ class _Settings:
     pad: int = 0
     wt: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
     wm: tuple[int, int] = (2, 1)
+    sweep: _Sweep | None = None
+    sync: _Sweep | None = None
+    mt: tuple[float, float, int, float] = (0.0, 2e-3, 1000, 0.0)   # hold bias, interval, points, hold base
+    ml: int = 1
+    msc: tuple[int, int] = (1, 1)
+    mv: dict[int, _SamplingSource] = field(default_factory=dict)
+    sim: int = 0
+    spper: float = 1e-6
+    sprm: tuple[int, float] = (0, 0.0)
 
 
 @dataclass
@@ -268,9 +320,13 @@ class B1500ACore:
         self.transaction_s = transaction_s
         self.settle_s = settle_s
         self.smu_slots = sorted(s for s, m in modules.items() if m in SMU_MODELS)
+        self.spgu_channels = [slot * 100 + k for slot, m in sorted(modules.items()) if m == "B1525A"
+                              for k in (1, 2)]
         self.clock = 0.0           # seconds of instrument time this core has spent
         self._timer_zero = 0.0     # TSR
         self._errors: list[int] = []
+        self._spgu_touched: set[int] = set()
+        self._data: list[str] = []   # the data output buffer of the message being handled
         self._applied: dict[int, tuple[float, float] | None] | None = None
         self._handlers: dict[str, Callable[[list[str]], list[str]]] = {
             "*IDN?": self._idn, "*RST": self._rst, "*OPC?": self._opc, "*STB?": self._stb,
@@ -282,16 +338,38 @@ class B1500ACore:
             "FMT": self._fmt, "MM": self._mm, "PT": self._pt, "PV": self._pv, "XE": self._xe,
             "TI": self._ti, "TV": self._tv, "TTI": self._tti, "TTV": self._ttv,
             "TIV": self._tiv, "TTIV": self._ttiv, "TSC": self._tsc, "TSR": self._tsr,
-            "TSQ": self._tsq, "PA": self._pa, "AB": self._nothing, "BC": self._nothing,
+            "TSQ": self._tsq, "PA": self._pa, "AB": self._nothing, "BC": self._bc,
+            "WV": self._wv, "WSV": self._wsv, "MT": self._mt, "MV": self._mv, "ML": self._ml,
+            "MSC": self._msc,
+            "SIM": self._sim, "SIM?": self._sim_q, "SPPER": self._spper, "SPPER?": self._spper_q,
+            "SPRM": self._sprm, "SPRM?": self._sprm_q, "SPV": self._spv, "SPV?": self._spv_q,
+            "SPT": self._spt, "SPT?": self._spt_q, "SPM": self._spm, "SPM?": self._spm_q,
+            "SER": self._ser, "SER?": self._ser_q, "ODSW": self._odsw, "ODSW?": self._odsw_q,
+            "SPUPD": self._spupd, "SRP": self._srp, "SPP": self._spp, "SPST?": self._spst_q,
         }
         self.reset()
+
+    @classmethod
+    def emulate(cls, hardware: SmuHardware, options: dict, timing) -> "B1500ACore":
+        """The core a bench file's instrument entry describes (options: modules by slot)."""
+        modules = {int(k): v for k, v in options.get("modules", {}).items()} or None
+        return cls(hardware, modules=modules, transaction_s=timing.transaction_s, settle_s=timing.settle_s)
 
     # --- public API -------------------------------------------------------------------
 
     def handle(self, message: str) -> list[str]:
-        """Execute one message; a failing command stops the rest of it (GUESS)."""
-        self._advance(self.transaction_s)
+        """Execute one message; a failing command stops the rest of it (GUESS).
+
+        Replies to queries (and high-speed spot readings) go to the query buffer in order;
+        the data of a measurement triggered by XE goes to the data output buffer. The
+        guide keeps the two apart ("the returned data is always stored in the query
+        buffer"), and clients read `*OPC?` sent after XE before the sweep data (pymeasure's
+        published B1500 example does): so the query buffer is read first. On a socket the
+        instrument cannot wait for the host to read, so the ordering holds within one
+        message; across messages each reply goes out when it is ready (GUESS)."""
+        self._pass(self.transaction_s)
         replies: list[str] = []
+        self._data = []
         for command in message.strip("\r\n").split(";"):
             command = command.strip()
             if not command:
@@ -305,12 +383,19 @@ class B1500ACore:
             except FlexError as exc:
                 self._push_error(exc.code)
                 break
-        return replies
+        return replies + self._data
 
     def outputs(self) -> dict[int, tuple[float, float] | None]:
-        """Every SMU slot: (volts, |current compliance|) when the output switch is on."""
-        return {s: (c.volts, abs(c.icomp)) if c.enabled else None
-                for s, c in self.channels.items()}
+        """Every SMU slot: (volts, |current compliance|) when the output switch is on; every
+        SPGU channel: (line volts, the most its 50 ohm output can drive into a short)."""
+        out = {s: (c.volts, abs(c.icomp)) if c.enabled else None
+               for s, c in self.channels.items()}
+        for ch, c in self.spgu.items():
+            if c.enabled:
+                self._spgu_touched.add(ch)
+            if ch in self._spgu_touched:   # the others have never been on: leave them out
+                out[ch] = self._spgu_output(c, c.output) if c.enabled else None
+        return out
 
     def reset(self) -> None:
         """Like *RST: all outputs off at 0 V, settings to their initial values."""
@@ -326,6 +411,8 @@ class B1500ACore:
 
     def _set_defaults(self) -> None:
         self.channels = {s: _Channel() for s in self.smu_slots}
+        self.spgu = {ch: _SpguChannel() for ch in self.spgu_channels}
+        self._spgu_running: float | None = None   # free run: seconds passed, not yet pulsed
         self.settings = _Settings()
         self._last_pulse_start: float | None = None   # no pulse period to keep after *RST
 
@@ -428,19 +515,44 @@ class B1500ACore:
 
     # --- outputs ----------------------------------------------------------------------
 
+    def _spgu_split(self, args: list[str]) -> tuple[list[str], list[int]]:
+        """CN/CL lists: SPGU channel numbers apart (none given: every SPGU channel, GUESS)."""
+        if not args:
+            return args, list(self.spgu_channels)
+        if len(args) > 10:
+            raise FlexError(122)
+        rest, spgu = [], []
+        for a in args:
+            if _INTEGER.fullmatch(a) and int(a) in self.spgu:
+                spgu.append(int(a))
+            else:
+                rest.append(a)
+        return rest, spgu
+
     def _cn(self, args):
-        for slot in self._smu_list(args):
+        rest, spgu = self._spgu_split(args)
+        slots = self._smu_list(rest) if rest or not args else []
+        for slot in slots:
             channel = self.channels[slot]
             if not channel.enabled:
                 self.channels[slot] = replace(channel, enabled=True, volts=0.0, sourced=False,
                                               saved=None)
+        for ch in spgu:
+            if not self.spgu[ch].enabled:   # comes on at 0 V; SPUPD puts out the base (GUESS)
+                self.spgu[ch].enabled, self.spgu[ch].output = True, 0.0
         self._commit()
         return []
 
     def _cl(self, args):
-        for slot in self._smu_list(args):
+        rest, spgu = self._spgu_split(args)
+        slots = self._smu_list(rest) if rest or not args else []
+        for slot in slots:
             self.channels[slot] = replace(self.channels[slot], enabled=False, volts=0.0,
                                           sourced=False, saved=None)
+        for ch in spgu:
+            self.spgu[ch].enabled, self.spgu[ch].output = False, 0.0
+        if spgu:
+            self._spgu_running = None
         self._commit()
         return []
 
@@ -609,9 +721,10 @@ class B1500ACore:
         return []
 
     def _mm(self, args):
-        """MM 1,ch... (spot) or MM 3,ch (pulsed spot); other modes are not emulated."""
+        """MM 1,ch... (spot), 2,ch... (staircase sweep), 3,ch (pulsed spot), 10,ch... (sampling);
+        other modes are not emulated."""
         _count(args, 2, 11)
-        mode = _choice(_int(args[0]), (1, 3))
+        mode = _choice(_int(args[0]), (1, 2, 3, 10))
         slots = tuple(self._smu(a) for a in args[1:])
         if mode == 3 and len(slots) != 1:
             raise FlexError(122)
@@ -645,9 +758,452 @@ class B1500ACore:
         self.settings.pv[slot] = _Pulse(v_range, base, peak, icomp)
         return []
 
+    # --- staircase sweep set-up (WV, WSV) ------------------------------------------------
+
+    def _sweep_compliance(self, slot: int, args: list[str], index: int, volts: float) -> tuple:
+        """Icomp (omitted: the channel's present compliance, GUESS as for DV) and Pcomp."""
+        icomp = _num(args[index]) if len(args) > index else self.channels[slot].icomp
+        self._check_source(slot, volts, icomp)
+        pcomp = _num(args[index + 1]) if len(args) > index + 1 else None
+        if pcomp is not None:
+            _span(pcomp, 0.001, 2.0)   # MPSMU/HRSMU power compliance range
+        return icomp, pcomp
+
+    def _wv(self, args):
+        """WV ch,mode,range,start,stop,steps[,Icomp[,Pcomp]]: the primary sweep source."""
+        _count(args, 6, 8)
+        slot = self._smu(args[0])
+        mode = _choice(_int(args[1]), (1, 2, 3, 4))
+        v_range = self._range(slot, args[2], "V", signed=False)
+        start, stop = _num(args[3]), _num(args[4])
+        steps = int(_span(_int(args[5]), 1, 10001))
+        if mode in (2, 4) and not (start * stop > 0):
+            raise FlexError(120)   # a log sweep needs two non-zero values of one polarity
+        icomp, pcomp = self._sweep_compliance(slot, args, 6, max(start, stop, key=abs))
+        self.settings.sweep = _Sweep(slot, mode, v_range, start, stop, steps, icomp, pcomp)
+        if self.settings.sync is not None and self.settings.sync.slot == slot:
+            self.settings.sync = None
+        return []
+
+    def _wsv(self, args):
+        """WSV ch,range,start,stop[,Icomp[,Pcomp]]: a source stepping with the primary."""
+        _count(args, 4, 6)
+        slot = self._smu(args[0])
+        v_range = self._range(slot, args[1], "V", signed=False)
+        start, stop = _num(args[2]), _num(args[3])
+        if self.settings.sweep is not None and self.settings.sweep.slot == slot:
+            raise FlexError(120)   # GUESS: the primary cannot also be its own synchronous source
+        icomp, pcomp = self._sweep_compliance(slot, args, 4, max(start, stop, key=abs))
+        self.settings.sync = _Sweep(slot, 0, v_range, start, stop, 0, icomp, pcomp)
+        return []
+
+    @staticmethod
+    def _sweep_values(mode: int, start: float, stop: float, steps: int) -> list[float]:
+        """The output of every step; two-way sweeps come back, the stop step twice (GUESS)."""
+        if steps == 1:
+            one = [start]
+        elif mode in (2, 4):
+            ratio = stop / start
+            one = [start * ratio ** (k / (steps - 1)) for k in range(steps)]
+        else:
+            one = [start + (stop - start) * k / (steps - 1) for k in range(steps)]
+        return one + one[::-1] if mode in (3, 4) else one
+
+    def _staircase_sweep(self, slots) -> str:
+        """Programming guide 2-8: start value for the hold time; per step force, wait the
+        delay, measure every MM channel in order, keep the step for the step delay; then
+        the WM post value (start after an automatic abort). Trigger delays: no triggers here."""
+        sweep, sync = self.settings.sweep, self.settings.sync
+        if sweep is None:
+            raise FlexError(203)
+        sources = [sweep] + ([sync] if sync is not None else [])
+        for src in sources:
+            self._enabled(src.slot)
+        if sync is not None and sweep.mode in (2, 4) and not sync.start * sync.stop > 0:
+            raise FlexError(120)
+        primary = self._sweep_values(sweep.mode, sweep.start, sweep.stop, sweep.steps)
+        secondary = ([None] * len(primary) if sync is None else
+                     self._sweep_values(sweep.mode, sync.start, sync.stop, sweep.steps))
+        hold, delay, step_delay = self.settings.wt[:3]
+        abort, post = self.settings.wm
+        kinds = [self._kind(s) for s in slots]
+
+        def force(v1, v2):
+            self._set_level(sweep.slot, v1, sweep.icomp, sweep.v_range)
+            if sync is not None:
+                self._set_level(sync.slot, v2, sync.icomp, sync.v_range)
+            self._commit()
+
+        force(primary[0], secondary[0])
+        self._advance(hold)
+        blocks, aborted = [], False
+        for k, (v1, v2) in enumerate(zip(primary, secondary)):
+            force(v1, v2)
+            self._advance(delay)
+            started = self.clock
+            stamps, readings = [], []
+            for slot, kind in zip(slots, kinds):
+                stamps.append(self.timer)
+                readings.extend(self._read([(slot, kind, None)]))
+            self._flag_compliance(readings)
+            self._advance(step_delay - (self.clock - started))
+            aborted = abort == 2 and any(r.compliance or r.overflow for r in readings)
+            last = aborted or k == len(primary) - 1
+            fields = self._fields(stamps, readings)
+            if self.settings.fmt[1] == 1:
+                fields.append(self._source_field(sweep.slot, v1, last))
+            blocks.append(",".join(fields))
+            if aborted:
+                break
+        end = 1 if aborted else post
+        force(sweep.start if end == 1 else sweep.stop,
+              None if sync is None else (sync.start if end == 1 else sync.stop))
+        return ",".join(blocks)
+
+    def _set_level(self, slot: int, volts: float, icomp: float, v_range: int) -> None:
+        self.channels[slot] = replace(self.channels[slot], volts=volts, icomp=icomp,
+                                      v_range=v_range, sourced=True, saved=None)
+
+    def _source_field(self, slot: int, volts: float, last: bool) -> str:
+        """Sweep source output data: status W (first or intermediate step) or E (last).
+        FMT 21 puts the letter in the three-character status, right-aligned (GUESS), and
+        marks output data with a lower-case type letter."""
+        letter = "E" if last else "W"
+        fmt = self.settings.fmt[0]
+        channel = CHANNEL_LETTERS[slot - 1]
+        number = format_number(volts, 0, self._digits13)
+        if fmt in (1, 11):
+            return f"{letter}{channel}V{number}"
+        if fmt == 21:
+            return f"{letter:>3}{channel}v{number}"
+        return number
+
+    # --- sampling (MT, MV, ML, MSC; MM 10) -------------------------------------------------
+
+    def _mt(self, args):
+        """MT hold_bias,interval,points[,hold_base] (a negative hold, allowed for intervals
+        below 2 ms, counts as no hold here: GUESS)."""
+        _count(args, 3, 4)
+        hold_bias, interval = _num(args[0]), _num(args[1])
+        points = int(_span(_int(args[2]), 1, 100001))
+        hold_base = _num(args[3]) if len(args) > 3 else 0.0
+        _span(hold_bias, -0.09, 655.35)
+        _span(interval, 1e-4, 65.535)
+        _span(hold_base, 0.0, 655.35)
+        self.settings.mt = (hold_bias, interval, points, hold_base)
+        return []
+
+    def _mv(self, args):
+        """MV ch,range,base,bias,Icomp: base during the base hold, then bias while sampling."""
+        _count(args, 5, 5)
+        slot = self._smu(args[0])
+        v_range = self._range(slot, args[1], "V", signed=False)
+        base, bias, icomp = _num(args[2]), _num(args[3]), _num(args[4])
+        self._check_source(slot, max(base, bias, key=abs), icomp)
+        self.settings.mv[slot] = _SamplingSource(v_range, base, bias, icomp)
+        return []
+
+    def _ml(self, args):
+        return self._setting(args, "ml", (1,))   # log sampling is not emulated
+
+    def _msc(self, args):
+        _count(args, 1, 2)
+        abort = _choice(_int(args[0]), (1, 2))
+        post = _choice(_int(args[1]), (1, 2)) if len(args) > 1 else 1
+        self.settings.msc = (abort, post)
+        return []
+
+    def _sampling(self, slots) -> str:
+        hold_bias, interval, points, hold_base = self.settings.mt
+        abort, post = self.settings.msc
+        sources = dict(self.settings.mv)
+        for slot in sources:
+            self._enabled(slot)
+        for slot, src in sources.items():
+            self._set_level(slot, src.base, src.icomp, src.v_range)
+        self._commit()
+        self._advance(hold_base)
+        for slot, src in sources.items():
+            self._set_level(slot, src.bias, src.icomp, src.v_range)
+        self._commit()
+        self._advance(max(hold_bias, 0.0))
+        kinds = [self._kind(s) for s in slots]
+        blocks = []
+        for _ in range(points):
+            started = self.clock
+            stamps, readings = [], []
+            for slot, kind in zip(slots, kinds):
+                stamps.append(self.timer)
+                readings.extend(self._read([(slot, kind, None)]))
+            self._flag_compliance(readings)
+            blocks.append(",".join(self._fields(stamps, readings)))
+            if abort == 2 and any(r.compliance or r.overflow for r in readings):
+                break
+            self._advance(interval - (self.clock - started))
+        for slot, src in sources.items():
+            self._set_level(slot, src.base if post == 1 else src.bias, src.icomp, src.v_range)
+        self._commit()
+        return ",".join(blocks)
+
+    # --- SPGU (B1525A) -----------------------------------------------------------------
+
+    def _spgu_ch(self, token: str) -> _SpguChannel:
+        ch = _int(token)
+        if ch not in self.spgu:
+            raise FlexError(208)
+        return self.spgu[ch]
+
+    @staticmethod
+    def _spgu_output(c: _SpguChannel, volts: float) -> tuple[float, float]:
+        """The line level for a set voltage: the SPGU sets its source so that the SER load
+        sees the set voltage; a crossbar line is far above 50 ohm, so it sees the open
+        voltage V (R + 50) / R (GUESS: the device as an open). The current bound is that
+        source into a short through the 50 ohm output."""
+        line = volts * (c.load + 50.0) / c.load
+        return line, abs(line) / 50.0
+
+    def _spgu_setup(self) -> None:
+        if self.settings.sim != 0:
+            raise FlexError(207)
+
+    def _sim(self, args):
+        _count(args, 1, 1)
+        self.settings.sim = _choice(_int(args[0]), (0, 1))
+        for c in self.spgu.values():   # "also triggers 0 V output of the SPGU channels that are on"
+            c.output = 0.0
+        self._commit()
+        return []
+
+    def _sim_q(self, args):
+        _count(args, 0, 0)
+        return [str(self.settings.sim)]
+
+    def _spper(self, args):
+        _count(args, 1, 1)
+        self.settings.spper = _span(_num(args[0]), 2e-8, 10.0)
+        return []
+
+    def _spper_q(self, args):
+        _count(args, 0, 0)
+        return [_e(self.settings.spper)]
+
+    def _sprm(self, args):
+        """SPRM mode[,condition]: 0 free run, 1 count (pulses), 2 duration (s)."""
+        _count(args, 1, 2)
+        mode = _choice(_int(args[0]), (0, 1, 2))
+        if mode == 0:
+            self.settings.sprm = (0, 0.0)
+            return []
+        _count(args, 2, 2)
+        condition = _num(args[1])
+        if mode == 1:
+            if not float(condition).is_integer():
+                raise FlexError(120)
+            _span(condition, 1, 1_000_000)
+        else:
+            _span(condition, 1e-6, 31_556_926)
+        self.settings.sprm = (mode, condition)
+        return []
+
+    def _sprm_q(self, args):
+        _count(args, 0, 0)
+        mode, condition = self.settings.sprm
+        return [f"{mode},{_g(condition)}"]
+
+    def _spv(self, args):
+        """SPV ch,src,base[,peak] (src 0: the DC level)."""
+        _count(args, 3, 4)
+        c = self._spgu_ch(args[0])
+        self._spgu_setup()
+        src = _choice(_int(args[1]), (0, 1, 2))
+        base = _num(args[2])
+        peak = _num(args[3]) if len(args) > 3 else base
+        for v in (base, peak):
+            _span(v, -40.0, 40.0)   # B1525A: +-40 V into an open (GUESS: not checked per load)
+        c.levels[src] = (base, peak)
+        return []
+
+    def _spv_q(self, args):
+        _count(args, 2, 2)
+        c = self._spgu_ch(args[0])
+        base, peak = c.levels[_choice(_int(args[1]), (0, 1, 2))]
+        return [f"{_e(base)},{_e(peak)}"]
+
+    def _spt(self, args):
+        """SPT ch,src,delay,width,leading[,trailing]."""
+        _count(args, 5, 6)
+        c = self._spgu_ch(args[0])
+        self._spgu_setup()
+        src = _choice(_int(args[1]), (1, 2))
+        delay, width, lead = _num(args[2]), _num(args[3]), _num(args[4])
+        trail = _num(args[5]) if len(args) > 5 else lead
+        _span(delay, 0.0, 10.0)
+        _span(width, 1e-8, 10.0)
+        for edge in (lead, trail):
+            _span(edge, 8e-9, 0.4)
+        c.timing[src] = (delay, width, lead, trail)
+        return []
+
+    def _spt_q(self, args):
+        _count(args, 2, 2)
+        c = self._spgu_ch(args[0])
+        return [",".join(_e(x) for x in c.timing[_choice(_int(args[1]), (1, 2))])]
+
+    def _spm(self, args):
+        _count(args, 2, 2)
+        c = self._spgu_ch(args[0])
+        self._spgu_setup()
+        c.mode = _choice(_int(args[1]), (0, 1, 2, 3))
+        return []
+
+    def _spm_q(self, args):
+        _count(args, 1, 1)
+        return [str(self._spgu_ch(args[0]).mode)]
+
+    def _ser(self, args):
+        _count(args, 2, 2)
+        c = self._spgu_ch(args[0])
+        c.load = _span(_num(args[1]), 0.1, 1e6)
+        return []
+
+    def _ser_q(self, args):
+        _count(args, 1, 1)
+        return [_e(self._spgu_ch(args[0]).load)]
+
+    def _odsw(self, args):
+        """ODSW ch,state[,normal[,delay,width]]: the pulse switch (kept; not in the physics)."""
+        _count(args, 2, 5)
+        c = self._spgu_ch(args[0])
+        state = _choice(_int(args[1]), (0, 1))
+        normal = _choice(_int(args[2]), (0, 1)) if len(args) > 2 else c.switch[1]
+        delay = _num(args[3]) if len(args) > 3 else c.switch[2]
+        width = _num(args[4]) if len(args) > 4 else c.switch[3]
+        c.switch = (state, normal, delay, width)
+        return []
+
+    def _odsw_q(self, args):
+        _count(args, 1, 1)
+        state, normal, delay, width = self._spgu_ch(args[0]).switch
+        return [f"{state},{normal},{_e(delay)},{_e(width)}"]
+
+    @staticmethod
+    def _spgu_base(c: _SpguChannel) -> float:
+        return c.levels[0][0] if c.mode == 0 else c.levels[2 if c.mode == 2 else 1][0]
+
+    def _spupd(self, args):
+        """SPUPD [ch...]: the set-up takes effect; the outputs go to their base (DC) level."""
+        channels = [self._spgu_ch(a) for a in args] if args else list(self.spgu.values())
+        self._spgu_setup()
+        for c in channels:
+            if c.enabled:
+                c.output = self._spgu_base(c)
+        self._commit()
+        return []
+
+    def _pulsing(self) -> list[tuple[int, _SpguChannel]]:
+        return [(ch, c) for ch, c in self.spgu.items() if c.enabled and c.mode != 0]
+
+    def _srp(self, args):
+        """Start the SPGU outputs. Count and duration runs are carried out at once (the
+        bench's virtual time passes pulse by pulse); a free run goes on, message by
+        message, until SPP."""
+        _count(args, 0, 0)
+        self._spgu_setup()
+        active = self._pulsing()
+        if not active:
+            raise FlexError(205)
+        period = self.settings.spper
+        for _, c in active:
+            for src in self._sources(c):
+                delay, width, lead, trail = c.timing[src]
+                if delay + lead + width + trail > period * (1 + 1e-9):
+                    raise FlexError(206)
+        mode, condition = self.settings.sprm
+        if mode == 0:
+            self._spgu_running = 0.0   # time owed to the free run, not yet pulsed
+            return []
+        count = int(condition) if mode == 1 else int(condition // period)
+        self._spgu_periods(active, count)
+        return []
+
+    @staticmethod
+    def _sources(c: _SpguChannel) -> tuple[int, ...]:
+        return {1: (1,), 2: (2,), 3: (1, 2)}[c.mode]
+
+    def _spgu_periods(self, active, count: int) -> None:
+        """`count` pulse periods on every pulsing channel: piecewise-constant segments
+        (a pulse is its width at the peak, its edges counted half each way, GUESS)."""
+        period = self.settings.spper
+        edges = {0.0, period}
+        windows = {}
+        for ch, c in active:
+            for src in self._sources(c):
+                delay, width, lead, trail = c.timing[src]
+                start = delay + lead / 2
+                windows[(ch, src)] = (start, start + width)
+                edges.update((start, start + width))
+        times = sorted(t for t in edges if 0 <= t <= period)
+        for _ in range(count):
+            for ch, c in active:
+                for src in self._sources(c):
+                    base, peak = c.levels[src]
+                    line, bound = self._spgu_output(c, peak)
+                    self.hardware.note_pulse(line, windows[(ch, src)][1] - windows[(ch, src)][0],
+                                             bound)
+            for t0, t1 in zip(times, times[1:]):
+                mid = (t0 + t1) / 2
+                for ch, c in active:
+                    level = self._spgu_base(c)
+                    for src in self._sources(c):
+                        lo, hi = windows[(ch, src)]
+                        if lo <= mid < hi:
+                            level += c.levels[src][1] - c.levels[src][0]
+                    c.output = level
+                self._commit()
+                self._advance(t1 - t0)
+        for _, c in active:
+            c.output = self._spgu_base(c)
+        self._commit()
+
+    def _pass(self, seconds: float) -> None:
+        """Instrument time between commands; in a free run it passes pulse period by period
+        (the remainder at the base level, carried to the next message)."""
+        if self._spgu_running is None:
+            self._advance(seconds)
+            return
+        active = self._pulsing()
+        if not active:
+            self._spgu_running = None
+            self._advance(seconds)
+            return
+        owed = self._spgu_running + seconds
+        count = int(owed // self.settings.spper)
+        self._spgu_periods(active, count)
+        self._spgu_running = owed - count * self.settings.spper
+        self._advance(0.0)
+
+    def _spp(self, args):
+        _count(args, 0, 0)
+        self._spgu_running = None
+        for c in self.spgu.values():
+            if c.enabled:
+                c.output = self._spgu_base(c)
+        self._commit()
+        return []
+
+    def _spst_q(self, args):
+        _count(args, 0, 0)
+        return ["1" if self._spgu_running is not None else "0"]
+
+    def _bc(self, args):
+        _count(args, 0, 0)
+        self._data.clear()
+        return []
+
     # --- measurements -----------------------------------------------------------------
 
     def _xe(self, args):
+        """Runs the measurement MM set; its data goes to the data output buffer."""
         _count(args, 0, 0)
         if self.settings.mm is None:
             raise FlexError(201)
@@ -655,19 +1211,35 @@ class B1500ACore:
         for slot in slots:
             self._enabled(slot)
         if mode == 3:
-            return [self._pulsed_spot(slots[0])]
-        kinds = ["V" if self.channels[s].cmm in (2, 3) else "I" for s in slots]
+            self._data.append(self._pulsed_spot(slots[0]))
+        elif mode == 2:
+            self._data.append(self._staircase_sweep(slots))
+        elif mode == 10:
+            self._data.append(self._sampling(slots))
+        else:
+            self._data.append(self._spot_xe(slots))
+        return []
+
+    def _spot_xe(self, slots) -> str:
+        kinds = [self._kind(s) for s in slots]
         stamps, readings = [], []
         for slot, kind in zip(slots, kinds):
             stamps.append(self.timer)
             readings.extend(self._read([(slot, kind, None)]))
         self._flag_compliance(readings)
+        return ",".join(self._fields(stamps, readings))
+
+    def _kind(self, slot: int) -> str:
+        """What a voltage-sourcing SMU measures under CMM (0 compliance side, 3 force side)."""
+        return "V" if self.channels[slot].cmm in (2, 3) else "I"
+
+    def _fields(self, stamps, readings) -> list[str]:
         fields = []
         for stamp, reading in zip(stamps, readings):
             if self.settings.tsc:
                 fields.append(self._time_field(reading.slot, stamp))
             fields.append(self._field(reading))
-        return [",".join(fields)]
+        return fields
 
     def _pulsed_spot(self, slot: int) -> str:
         pulse = self.settings.pv.get(slot)
@@ -836,8 +1408,8 @@ class B1500ACore:
         groups = {0: self._lrn_switches, 30: self._lrn_filters, 31: self._lrn_measurement,
                   32: self._lrn_ranges, 33: self._lrn_sweep, 34: self._lrn_pulse,
                   46: self._lrn_cmm, 53: self._lrn_ssr, 54: self._lrn_rm,
-                  55: self._lrn_aad, 56: self._lrn_adc, 60: self._lrn_tsc,
-                  110: self._lrn_pad}
+                  47: self._lrn_sampling, 55: self._lrn_aad, 56: self._lrn_adc,
+                  60: self._lrn_tsc, 110: self._lrn_pad}
         if kind not in groups:
             raise FlexError(120)
         return [groups[kind]()]
@@ -853,6 +1425,7 @@ class B1500ACore:
 
     def _lrn_switches(self) -> str:
         on = [str(s) for s, c in self.channels.items() if c.enabled]
+        on += [str(ch) for ch, c in self.spgu.items() if c.enabled]   # GUESS: SPGU channels too
         return f"CN{','.join(on)}" if on else "CL"
 
     def _lrn_filters(self) -> str:
@@ -875,8 +1448,27 @@ class B1500ACore:
         return ";".join(f"RI{s},{c.ri};RV{s},{c.rv}" for s, c in self.channels.items())
 
     def _lrn_sweep(self) -> str:
+        """WM, WT, then the sweep sources, WV last (GUESS: this order, which qcodes' parser of
+        the real reply needs; Icomp always listed)."""
         s = self.settings
-        return f"WT{','.join(_g(x) for x in s.wt)};WM{s.wm[0]},{s.wm[1]}"
+        parts = [f"WM{s.wm[0]},{s.wm[1]}", f"WT{','.join(_g(x) for x in s.wt)}"]
+        for name, w in (("WSV", s.sync), ("WV", s.sweep)):
+            if w is None:
+                continue
+            head = f"{w.slot},{w.mode}," if name == "WV" else f"{w.slot},"
+            tail = f",{w.steps}" if name == "WV" else ""
+            text = f"{name}{head}{w.v_range},{_e(w.start)},{_e(w.stop)}{tail},{_e(w.icomp)}"
+            parts.append(text + (f",{_e(w.pcomp)}" if w.pcomp is not None else ""))
+        return ";".join(parts)
+
+    def _lrn_sampling(self) -> str:
+        s = self.settings
+        hold_bias, interval, points, hold_base = s.mt
+        parts = [f"MT{_g(hold_bias)},{_g(interval)},{points},{_g(hold_base)}", f"ML{s.ml}",
+                 f"MSC{s.msc[0]},{s.msc[1]}"]
+        for slot, m in sorted(s.mv.items()):
+            parts.append(f"MV{slot},{m.v_range},{_e(m.base)},{_e(m.bias)},{_e(m.icomp)}")
+        return ";".join(parts)
 
     def _lrn_pulse(self) -> str:
         parts = ["PT" + ",".join(_g(x) for x in self.settings.pt)]

@@ -18,13 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 
-from .b1500a import B1500ACore
+import importlib
+
 from .circuit import solve_crossbar
 from .crossbar import CrossbarArray
 from .device import load_preset
-from .e5250a import E5250ACore
 from .server import InstrumentServer
 from .spec import CableToSwitch, EmulatedInstrument, LineResistance, SimBenchSpec, Timing  # noqa: F401
+
+# instrument type -> "module:Core" of its emulator. A source core's `emulate(hardware,
+# options, timing)` gets the source channels' hardware; a switch core's `emulate(on_change,
+# options, timing)` reports its closed relays as (input, output) pairs.
+SOURCE_CORES = {"keysight_b1500a": "simulator.b1500a:B1500ACore",
+                "keithley_4200a": "simulator.k4200a:K4200ACore"}
+SWITCH_CORES = {"keysight_e5250a": "simulator.e5250a:E5250ACore",
+                "keithley_707b": "simulator.k707b:K707BCore"}
+# instruments driven through a vendor library in the host process: emulated by an object
+# offering the library's calls, `emulate(hardware, options, timing)`
+LIBRARY_CORES = {"keysight_b1530a": "simulator.wgfmu:EmulatedWgfmuLibrary"}
+
+
+def _core_class(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 @dataclass
 class Exposure:
@@ -67,28 +84,37 @@ class SimulatedBench:
         self._outputs: dict[tuple[str, int], tuple[float, float] | None] = {}
         self._closed: frozenset[tuple[int, int]] = frozenset()
         self._input_source = {c.input: (c.instrument, c.channel) for c in spec.cables}
+        self._input_ratio = {c.input: c.ratio for c in spec.cables}
         self._line_of_port = {p: ("row", i) for i, p in enumerate(spec.row_ports)}
         self._line_of_port.update({p: ("col", j) for j, p in enumerate(spec.col_ports)})
         self._recompute()
 
         self.cores: dict[str, object] = {}
         self.servers: dict[str, InstrumentServer] = {}
+        self.libraries: dict[str, object] = {}
         log_dir = Path(log_dir) if log_dir else None
         for inst in spec.instruments:
+            if inst.type in LIBRARY_CORES:
+                self.libraries[inst.name] = _core_class(LIBRARY_CORES[inst.type]).emulate(
+                    _SourceHardware(self, inst.name), inst.options, spec.timing)
+                continue
             core = self._make_core(inst)
             self.cores[inst.name] = core
             self.servers[inst.name] = InstrumentServer(
                 core, inst.name, port=inst.port, lock=self.lock, clock=lambda: self.array.clock,
                 log_path=(log_dir / f"{inst.name}.log") if log_dir else None)
+            self._schedule_faults(inst.name, self.servers[inst.name])
+
+    def _schedule_faults(self, name: str, server: InstrumentServer) -> None:
+        for fault in self.spec.faults.get(name, []):
+            server.schedule(fault.after, _fault_action(fault, server))
 
     def _make_core(self, inst: EmulatedInstrument):
-        t = self.spec.timing
-        if inst.type == "keysight_b1500a":
-            modules = {int(k): v for k, v in inst.options.get("modules", {}).items()} or None
-            return B1500ACore(_SourceHardware(self, inst.name), modules=modules,
-                              transaction_s=t.transaction_s, settle_s=t.settle_s)
-        if inst.type == "keysight_e5250a":
-            return E5250ACore(cards=int(inst.options.get("cards", 2)), on_change=self._on_relays)
+        if inst.type in SOURCE_CORES:
+            core = _core_class(SOURCE_CORES[inst.type])
+            return core.emulate(_SourceHardware(self, inst.name), inst.options, self.spec.timing)
+        if inst.type in SWITCH_CORES:
+            return _core_class(SWITCH_CORES[inst.type]).emulate(self._on_relays, inst.options, self.spec.timing)
         raise ValueError(f"no emulator for instrument type {inst.type!r}")
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -176,8 +202,8 @@ class SimulatedBench:
             levels = set()
             for inp in inputs:
                 out = self._outputs.get(self._input_source.get(inp, ("", -1)))
-                if out is not None:
-                    levels.add(out[0])
+                if out is not None:   # a divider output is an ideal (buffered) fraction of its channel
+                    levels.add(out[0] * self._input_ratio[inp])
             if len(levels) > 1:
                 self._hazard(f"sources at {sorted(levels)} V shorted through output port {port}")
             if levels:
@@ -247,6 +273,23 @@ class SimulatedBench:
             return float(sum(i_rows[i] if kind == "row" else i_cols[i] for kind, i in lines))
 
 
+def _fault_action(fault, server: InstrumentServer):
+    f = server.faults
+    if fault.kind == "error":
+        inject = getattr(server.core, "inject_error", None)
+        if inject is None:
+            raise ValueError(f"faults.{server.name}: its emulator cannot inject an instrument error")
+        return lambda: inject(fault.count)
+    actions = {
+        "slow": lambda: setattr(f, "reply_delay_s", fault.seconds),
+        "timeout": lambda: setattr(f, "delay_next_s", fault.seconds),
+        "drop": lambda: setattr(f, "drop_next", True),
+        "garble": lambda: setattr(f, "garble_next", fault.count),
+        "hang": lambda: setattr(f, "mute", True),
+    }
+    return actions[fault.kind]
+
+
 class _SourceHardware:
     """What one emulated source instrument's channels are connected to."""
 
@@ -269,6 +312,12 @@ class _SourceHardware:
             self.bench.advance(integration_s)
             out = self.bench._outputs.get((self.instrument, slot))
             return 0.0 if out is None else out[0]
+
+    def note_pulse(self, peak: float, width: float, compliance: float) -> None:
+        """A pulse a core shapes itself (segment by segment, with `apply` and `advance`):
+        counted in the bench's exposure like one made by `pulse`."""
+        with self.bench.lock:
+            self.bench.exposure.see_pulse(peak, width, compliance)
 
     def pulse(self, slot: int, base: float, peak: float, width: float, hold: float,
               compliance: float) -> float:

@@ -180,6 +180,11 @@ class E5250ACore:
         self._restore_card_settings()
         self._set_closed(set())
 
+    @classmethod
+    def emulate(cls, on_change: Callable[[frozenset], None], options: dict, timing) -> "E5250ACore":
+        """The core a bench file's instrument entry describes (options: cards)."""
+        return cls(cards=int(options.get("cards", 2)), on_change=on_change)
+
     def handle(self, message: str) -> list[str]:
         replies: list[str] = []
         path: list[str] = []  # SCPI: each message starts at the root
@@ -344,10 +349,15 @@ class E5250ACore:
             if self._rule[card] == "SROU":
                 # single route: the new route displaces whatever holds its input (within
                 # this card, or the whole frame in auto mode) or its output. The sequence
-                # (BBM/MBBR/NSEQ) only orders the relay moves; on_change sees the end state.
+                # (BBM/MBBR/NSEQ) orders the relay moves: on_change sees the end state, and
+                # before it the moment both routes are made, unless the old one breaks first.
                 scope = self._outputs_of(card)
-                pairs = {(i, o) for i, o in pairs
-                         if not ((i == inp and o in scope) or o == out)}
+                kept = {(i, o) for i, o in pairs if not ((i == inp and o in scope) or o == out)}
+                if kept != pairs and self._sequence[card] != "BBM":
+                    # make before break (MBBR), or no order at all (NSEQ, GUESS: taken as the
+                    # worst case): the new route is made while the old ones still hold
+                    self._set_closed(pairs | {(inp, out)})
+                pairs = kept
             pairs.add((inp, out))
         self._set_closed(pairs)
 

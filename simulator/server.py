@@ -1,7 +1,9 @@
 """Serve an emulated instrument core on a loopback TCP socket, as a LAN instrument would be.
 
 A core is any object with `read_termination`, `write_termination` and
-`handle(message) -> list[str]`. Clients reach it with the VISA resource
+`handle(message) -> list[str]`; a core whose instrument ends a message at any of several
+bytes (the 707B takes CR or LF) lists them in `message_ends` (default: the last character
+of its read termination). Each reply goes out followed by `write_termination`. Clients reach it with the VISA resource
 `TCPIP::127.0.0.1::PORT::SOCKET` (pyvisa-py opens it like a real instrument). Every
 message in and every reply out is kept in `log` so tests can prove what the instrument
 saw; `faults` injects what real links do: slow replies, silence, dropped connections,
@@ -10,6 +12,7 @@ garbled bytes.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -60,6 +63,8 @@ class InstrumentServer:
     log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_IN_MEMORY), init=False)
 
     def __post_init__(self) -> None:
+        self._scheduled: list[tuple[int, Callable[[], None]]] = []
+        self._messages = 0
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -104,6 +109,11 @@ class InstrumentServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def schedule(self, after: int, action: Callable[[], None]) -> None:
+        """Run `action` (e.g. set a fault) once `after` messages have been received, before
+        the next one is answered."""
+        self._scheduled.append((after, action))
+
     def received(self) -> list[str]:
         """Every message the instrument received, in order."""
         return [e.text for e in self.log if e.direction == ">"]
@@ -128,8 +138,9 @@ class InstrumentServer:
 
     def _serve(self, conn: socket.socket) -> None:
         term_in = self.core.read_termination
-        sep = term_in[-1].encode()  # CR LF and LF framings both end at LF
-        strip = term_in.encode() + b"\r\n"
+        # CR LF and LF framings both end at LF
+        ends = re.compile(b"[" + re.escape(getattr(self.core, "message_ends", term_in[-1]).encode()) + b"]")
+        strip = term_in.encode() + b"\r\n\0"
         buffer = b""
         try:
             while not self._stopping.is_set():
@@ -137,8 +148,8 @@ class InstrumentServer:
                 if not chunk:
                     return
                 buffer += chunk
-                while sep in buffer:
-                    raw, buffer = buffer.split(sep, 1)
+                while (end := ends.search(buffer)) is not None:
+                    raw, buffer = buffer[:end.start()], buffer[end.end():]
                     message = raw.strip(strip).decode("ascii", errors="replace")
                     if not message:
                         continue
@@ -154,6 +165,10 @@ class InstrumentServer:
         lock = self.lock if self.lock is not None else nullcontext()
         with lock:
             self._record(">", message)
+            for due in [item for item in self._scheduled if item[0] <= self._messages]:
+                self._scheduled.remove(due)
+                due[1]()
+            self._messages += 1
             if self.faults.drop_next:
                 self.faults.drop_next = False
                 return False

@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-InstrumentType = Literal["keysight_b1500a", "keysight_e5250a"]
+InstrumentType = Literal["keysight_b1500a", "keysight_e5250a", "keithley_4200a", "keithley_707b",
+                         "keysight_b1530a"]
 
 
 class EmulatedInstrument(BaseModel):
@@ -28,6 +29,7 @@ class CableToSwitch(BaseModel):
     instrument: str
     channel: int
     input: int
+    ratio: float = Field(1.0, gt=0, le=1, description="passive divider between the channel and the cable")
 
 
 class LineResistance(BaseModel):
@@ -45,6 +47,34 @@ class Timing(BaseModel):
     relay_settle_s: float = Field(3e-3, ge=0, description="switch relay operate and settle time")
 
 
+class FaultSpec(BaseModel):
+    """A fault an emulated instrument shows, from its `after`-th message received on:
+    `slow` (every reply `seconds` late), `timeout` (one reply `seconds` late: beyond a
+    client's timeout), `drop` (the connection closed, the message unanswered), `garble`
+    (`count` replies corrupted), `error` (`count` commands fail with the instrument's own
+    execution error), `hang` (it stops answering, for good)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["slow", "timeout", "drop", "garble", "error", "hang"]
+    after: int = Field(0, ge=0, description="messages received before the fault starts")
+    seconds: float = Field(1.0, gt=0, description="slow, timeout: how late")
+    count: int = Field(1, ge=1, description="garble, error: how many")
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, "FaultSpec"]:
+        """'INSTRUMENT:KIND[@AFTER][=VALUE]', e.g. 'analyzer:timeout@40=6' or 'switch:drop@12'."""
+        name, sep, rest = text.partition(":")
+        if not sep or not name:
+            raise ValueError(f"{text!r}: a fault is INSTRUMENT:KIND[@AFTER][=VALUE]")
+        rest, _, value = rest.partition("=")
+        kind, _, after = rest.partition("@")
+        data: dict = {"kind": kind, "after": after or 0}
+        if value:
+            data["count" if kind in ("garble", "error") else "seconds"] = value
+        return name, cls.model_validate(data)
+
+
 class SimBenchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +89,7 @@ class SimBenchSpec(BaseModel):
     cables: list[CableToSwitch]
     timing: Timing = Timing()
     line_resistance: LineResistance = LineResistance()
+    faults: dict[str, list[FaultSpec]] = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimBenchSpec":
@@ -67,4 +98,7 @@ class SimBenchSpec(BaseModel):
             raise ValueError(f"switch {self.switch!r} is not among the instruments")
         if len(self.row_ports) != self.rows or len(self.col_ports) != self.cols:
             raise ValueError("one switch output port per row and per column is needed")
+        for name in self.faults:
+            if name not in names:
+                raise ValueError(f"faults.{name}: no emulated instrument of that name ({', '.join(sorted(names))})")
         return self

@@ -99,12 +99,12 @@ def test_unt_with_and_without_argument(core):
     assert len(expected.split(";")) == 10
 
 
-def test_unt_lists_non_smu_modules_but_only_smus_are_sources(hw):
+def test_unt_lists_non_smu_modules_smus_and_spgu_channels_are_sources(hw):
     core = B1500ACore(hw, modules={1: "B1511B", 2: "B1517A", 5: "B1525A", 6: "B1530A"})
     assert one(core, "UNT?") == "B1511B,0;B1517A,0;0,0;0,0;B1525A,0;B1530A,0;0,0;0,0;0,0;0,0"
-    assert core.outputs() == {1: None, 2: None}
+    assert core.outputs() == {1: None, 2: None}   # SPGU channels that were never on are left out
     assert core.handle("CN") == [] and errors(core) == []
-    assert core.outputs() == {1: (0.0, 100e-6), 2: (0.0, 100e-6)}
+    assert core.outputs() == {1: (0.0, 100e-6), 2: (0.0, 100e-6), 501: (0.0, 0.0), 502: (0.0, 0.0)}
 
 
 def test_bad_module_table_is_refused(hw):

@@ -239,6 +239,18 @@ def test_single_route_displaces_existing_connections(core, changes):
                        frozenset({(2, 24), (3, 4)})]
 
 
+def test_make_before_break_joins_two_inputs_for_a_moment(core, changes):
+    """Single route with MBBR (or NSEQ): the new route is made while the displaced one still
+    holds the output, and the bench sees that moment; BBM breaks first."""
+    core.handle(":ROUT:CONN:RULE 0,SROU;:ROUT:CONN:SEQ 0,MBBR;:ROUT:CLOS (@00101)")
+    core.handle(":ROUT:CLOS (@00201)")
+    assert changes == [frozenset({(1, 1)}), frozenset({(1, 1), (2, 1)}), frozenset({(2, 1)})]
+    core.handle(":ROUT:CONN:SEQ 0,NSEQ;:ROUT:CLOS (@00202)")   # input 2 moves: displaced too
+    assert changes[-2:] == [frozenset({(2, 1), (2, 2)}), frozenset({(2, 2)})]
+    core.handle(":ROUT:CONN:SEQ 0,BBM;:ROUT:CLOS (@00302)")
+    assert changes[-1] == frozenset({(3, 2)}) and len(changes) == 6
+
+
 def test_rule_change_keeps_existing_connections(core):
     core.handle(":ROUT:CLOS (@00101,00102);:ROUT:CONN:RULE ALL,SROU")
     assert core.closed == {(1, 1), (1, 2)}

@@ -200,3 +200,160 @@ def test_qcodes_keysight_b1500_reads_a_physical_spot_current(served, switch, tmp
         row = [xbar.read(0, c).conductance for c in range(xbar.cols)]
     quantum = 2e-9
     assert 0.98 * V_READ * row[0] - quantum <= current <= 1.02 * V_READ * sum(row) + quantum, (current, row)
+
+
+def _row0_conductances(bench_file) -> list[float]:
+    """Row 0 as memlab's own drivers read it through the same served instruments."""
+    from memlab.bench import open_crossbar
+    from memlab.config import load_bench
+
+    with open_crossbar(load_bench(bench_file)) as xbar:
+        return [xbar.read(0, c).conductance for c in range(xbar.cols)]
+
+
+def _plausible(volts, amps, row) -> None:
+    """Each step: at least the selected device's current, at most row 0's with every device
+    at the step voltage (the floating lines add sneak paths, never more)."""
+    quantum = 2e-9
+    for v, i in zip(volts, amps):
+        assert 0.98 * v * row[0] - quantum <= i <= 1.02 * v * sum(row) + quantum, (v, i, row)
+
+
+def test_pymeasure_staircase_sweep_in_fmt21_with_source_data(served, b1500, switch):
+    """pymeasure's own sweep calls, its FMT 21 fixed-width reader (19 bytes a field) and
+    the source data (status W/E, type v); `*OPC?` sent with XE is answered before the data."""
+    _, bench_file = served
+    b1500.initialize_all_smus()
+    b1500.data_format(21, mode=1)
+    smu1, smu2 = b1500.smu1, b1500.smu2
+    switch.write(":ROUT:CLOS (@00101,00209)")
+    for smu in (smu1, smu2):
+        smu.enable()
+        smu.meas_op_mode = "COMPLIANCE_SIDE"
+    smu2.force("Voltage", "Auto Ranging", 0, 0.01)
+    b1500.meas_mode("STAIRCASE_SWEEP", smu1)
+    b1500.adc_setup("HSADC", "AUTO")
+    b1500.sweep_timing(0, 0.001, step_delay=0.002)
+    b1500.sweep_auto_abort(False, post="START")
+    smu1.staircase_sweep_source("VOLTAGE", "LINEAR_SINGLE", "Auto Ranging", 0.05, 0.2, 4, 0.01)
+    settings = b1500.query_learn(33)
+    assert settings["WV1"] == ["1", "0", "+5.0000E-02", "+2.0000E-01", "4", "+1.0000E-02"]
+    assert settings["WM"] == ["1", "1"] and settings["WT"][1] == "+1.0000E-03"
+    b1500.check_errors()
+    b1500.clear_buffer()
+    b1500.clear_timer()
+    b1500.write("XE;*OPC?")
+    assert b1500.read() == "1"        # the query buffer is read before the data output buffer
+    steps = [b1500.read_channels(2) for _ in range(4)]
+    assert b1500.read_bytes(1) == b"\n"
+    volts, amps = [], []
+    for k, ((status_i, ch_i, name_i, i), (status_v, ch_v, name_v, v)) in enumerate(steps):
+        assert (status_i, ch_i, name_i) == ("000", "SMU1", "Current Measurement (A)")
+        assert (status_v.strip(), ch_v, name_v) == ("E" if k == 3 else "W", "SMU1", "Voltage Output (V)")
+        volts.append(v)
+        amps.append(i)
+    assert volts == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    b1500.check_errors()
+    assert b1500.query_learn(1)["DV1"][1] == "+5.0000E-02"   # WM post: back at the start value
+    smu1.force("Voltage", "Auto Ranging", 0, 0.01)
+    smu1.disable()
+    smu2.disable()
+    b1500.check_errors()   # a query: the writes before it have been carried out
+    switch.write(":ROUT:OPEN:CARD ALL")
+    _plausible(volts, amps, _row0_conductances(bench_file))
+
+
+def test_qcodes_keysight_b1500_staircase_sweep(served, switch, tmp_path, monkeypatch):
+    """QCoDeS's own sweep set-up (AV, FL, DV, CMM, RI, WT, WM, WV, TSR, each followed by its
+    ERRX? check) and its IV sweep parameter, which parses *LRN? 31/33 with its regexes and
+    reads the data in FMT 1,1."""
+    monkeypatch.setenv("QCODES_USER_PATH", str(tmp_path))
+    qcodes_b1500 = pytest.importorskip("qcodes.instrument_drivers.Keysight")
+    from qcodes.instrument_drivers.Keysight.keysightb1500 import constants
+
+    resources, bench_file = served
+    b = qcodes_b1500.KeysightB1500("b1500_sweep", resources["analyzer"], visalib="@py")
+    try:
+        smu1, smu2 = b.by_slot[1], b.by_slot[2]
+        switch.write(":ROUT:CLOS (@00101,00209)")
+        b.enable_channels([1, 2])
+        smu2.source_config(output_range=constants.VOutputRange.AUTO, compliance=0.01)
+        smu2.voltage(0.0)
+        smu1.setup_staircase_sweep(v_start=0.05, v_end=0.2, n_steps=4, i_comp=1e-3,
+                                   i_meas_range=constants.IMeasRange.MIN_1uA,
+                                   post_sweep_voltage_val=constants.WMDCV.Post.START,
+                                   abort_enabled=constants.Abort.DISABLED)
+        assert smu1.iv_sweep.sweep_steps() == 4 and smu1.iv_sweep.sweep_end() == 0.2
+        assert smu1.iv_sweep.current_compliance() == 1e-3
+        b.set_measurement_mode(mode=constants.MM.Mode.STAIRCASE_SWEEP, channels=(smu1.channels[0],))
+        b.run_iv_staircase_sweep.set_names_labels_and_units()
+        (amps,) = b.run_iv_staircase_sweep()
+        volts = list(b.run_iv_staircase_sweep.source_voltage.value)
+        assert volts == pytest.approx([0.05, 0.1, 0.15, 0.2])
+        assert b.run_iv_staircase_sweep.param1.status == ["N"] * 4
+        assert b.run_iv_staircase_sweep.source_voltage.status == ["W", "W", "W", "E"]
+        assert b.get_response_format_and_mode()["format"] == constants.FMT.Format(1)
+        smu1.voltage(0.0)
+        b.disable_channels([1, 2])
+    finally:
+        b.close()
+    switch.write(":ROUT:OPEN:CARD ALL")
+    _plausible(volts, list(amps), _row0_conductances(bench_file))
+
+
+def test_pymeasure_spgu_set_up_reads_back_and_pulses_the_device():
+    """pymeasure's SPGU classes against an emulated B1525A (in slot 5, channel 501 cabled to
+    row 0 through the switch): every setter read back through its getter, then a counted
+    run whose pulses the bench sees one by one, at the line level the 1 Mohm load setting
+    gives."""
+    from simulator.bench import CableToSwitch, EmulatedInstrument, SimBenchSpec, SimulatedBench
+
+    spec = SimBenchSpec(
+        rows=1, cols=1, seed=2, switch="switch", row_ports=[1], col_ports=[2],
+        instruments=[EmulatedInstrument(name="analyzer", type="keysight_b1500a",
+                                        options={"modules": {1: "B1517A", 5: "B1525A"}}),
+                     EmulatedInstrument(name="switch", type="keysight_e5250a", options={"cards": 1})],
+        cables=[CableToSwitch(instrument="analyzer", channel=501, input=1),
+                CableToSwitch(instrument="analyzer", channel=1, input=2)])
+    with SimulatedBench(spec) as sim:
+        sim.cores["switch"].handle(":ROUT:CLOS (@00101,00202)")
+        b = pymeasure_b1500.AgilentB1500(sim.resources["analyzer"], visa_library="@py", timeout=5000)
+        try:
+            assert b.query_modules() == {1: "HRSMU", 5: "SPGU"}
+            b.initialize_all_smus()
+            b.initialize_all_spgus()
+            b.smu1.enable()
+            b.smu1.force("Voltage", "Auto Ranging", 0, 0.01)    # the column at 0 V
+            spgu = b.spgu5
+            ch = spgu.ch1
+            spgu.operation_mode = pymeasure_b1500.SPGUOperationMode.PG
+            spgu.period = 1e-5
+            spgu.set_output_mode(pymeasure_b1500.SPGUOutputMode.COUNT, 10)
+            ch.enabled = True
+            ch.load_impedance = 1e6
+            ch.output_mode = pymeasure_b1500.SPGUChannelOutputMode.SIGNAL_SOURCE_1
+            ch.set_pulse_timings(source=1, delay=0, width=1e-6, rise_time=2e-8)
+            ch.set_output_voltage(source=1, base_voltage=0, peak_voltage=1.5)
+            ch.apply_setup()
+            b.check_errors()
+            assert spgu.operation_mode == pymeasure_b1500.SPGUOperationMode.PG
+            assert spgu.period == pytest.approx(1e-5)
+            assert spgu.get_output_mode() == (pymeasure_b1500.SPGUOutputMode.COUNT, 10.0)
+            assert ch.load_impedance == pytest.approx(1e6)
+            assert ch.output_mode == pymeasure_b1500.SPGUChannelOutputMode.SIGNAL_SOURCE_1
+            assert ch.get_pulse_timings(1) == pytest.approx((0, 1e-6, 2e-8, 2e-8))
+            assert ch.get_output_voltage(1) == pytest.approx((0.0, 1.5))
+            g0 = float(sim.conductances()[0, 0])
+            spgu.output = True
+            assert spgu.complete is True
+            b.check_errors()
+            assert sim.exposure.pulses == 10 and sim.exposure.pulse_width == pytest.approx(1e-6)
+            assert sim.exposure.line_voltage == pytest.approx(1.5 * (1e6 + 50) / 1e6)
+            assert float(sim.conductances()[0, 0]) != g0
+            spgu.output = False
+            ch.enabled = False
+            b.smu1.disable()
+            b.check_errors()   # a query: the writes before it have been carried out
+            assert all(v is None for v in sim.source_outputs().values())
+        finally:
+            b.adapter.close()

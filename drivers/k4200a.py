@@ -1,0 +1,779 @@
+"""Keithley 4200A-SCS parameter analyzer over KXCI on a LAN socket: its SMUs (user mode) and
+its 4225-PMU (segment ARB), as a `SourceMeter` and a `PulseSource`.
+
+Written from the KXCI conventions (Tektronix's KXCI examples, the KXCI programming manual as
+quoted by client code): on LAN every message gets exactly one reply, `ACK` for setters;
+several commands may be joined with ';'; replies end with the configured line ending and a
+NUL, so this driver reads up to the NUL and strips the line ending (any of the four
+settings works). Errors are read with `:ERROR:LAST:GET` (`<text>. (<code>)`; GUESS, see
+simulator/k4200a.py for what could not be confirmed) and cleared with `:ERROR:LAST:CLEAR`.
+
+Channel numbers: SMU k is k; channel c of PMU card m is 100*m + c (101, 102 for PMU1), which
+KXCI's `:PMU:` commands call pulse channel 2*(m-1) + c.
+
+KXCI's user mode has no pulsed SMU measurement (no PT/PV as on the B1500): an SMU output
+changes only with DV, for as long as the host leaves it, so no pulse width could be proved.
+`pulse` therefore runs on a PMU channel, as a one-step segment ARB.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_DOWN, Context
+
+from .errors import InstrumentError, LimitError, PulseOutcomeUnknown, ReplyError
+from .guard import Grammar, Guard, integer, number
+from .interfaces import Levels, Measurement, PulseSource, PulseStep, SourceMeter, level_pairs
+from .limits import Limits
+from .signals import signals_deferred
+from .visa import VisaInstrument
+
+SMU_CHANNELS = range(1, 9)
+PMU_CARDS = range(1, 5)
+PMU_CHANNELS = tuple(100 * m + c for m in PMU_CARDS for c in (1, 2))
+NO_ERROR_CODE = 0
+SEGMENT_MIN_S = 20e-9          # :PMU:SARB:SEQ:TIME minimum and resolution (KXCI manual, as quoted)
+SEGMENT_RESOLUTION_S = 10e-9
+VALUES_PER_CALL = 128          # values in one :PMU:SARB:SEQ:* command
+SEGMENTS_PER_STEP = 4          # rise, top, fall, a gap at 0 V (steps are separate pulses)
+MAX_CHECKED_SEGMENTS = 1024    # a test longer than this (loops included) is not expanded to be checked
+PMU_CURRENT_RANGES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.2, 0.8)
+
+_READING = re.compile(r"^([A-Z])([A-H])([VI])([+-]\d\.\d+E[+-]\d+)$")
+_ERROR = re.compile(r"^(.*?)\.?\s*\(\s*([+-]?\d+)\s*\)\s*$")
+
+
+def kxci_channel(hardware_channel: int) -> int:
+    """PMU hardware channel 100*m + c -> KXCI pulse channel 2*(m-1) + c."""
+    return 2 * (hardware_channel // 100 - 1) + hardware_channel % 100
+
+
+def hardware_channel(pulse_channel: int) -> int:
+    return 100 * ((pulse_channel + 1) // 2) + (pulse_channel - 1) % 2 + 1
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One user-mode reading, e.g. `NAI+2.0000E-06`."""
+
+    status: str    # N normal, C this channel in compliance, T another in compliance, V overflow, X, L
+    channel: int
+    kind: str      # V or I
+    value: float
+
+    @property
+    def valid(self) -> bool:
+        return self.status in ("N", "C", "T")
+
+
+def parse_reading(reply: str) -> Reading:
+    m = _READING.match(reply.strip())
+    if not m:
+        raise ReplyError(f"K4200A: not a KXCI reading: {reply.strip()!r}")
+    status, letter, kind, value = m.groups()
+    return Reading(status, "ABCDEFGH".index(letter) + 1, kind, float(value))
+
+
+_DIGITS = Context(prec=10, rounding=ROUND_DOWN)
+
+
+def _num(x: float) -> str:
+    """Ten significant digits rounded towards zero (a level at a limit never comes out above it)."""
+    shortest = _DIGITS.create_decimal(repr(float(x)))
+    return format(shortest.normalize(_DIGITS), "g")
+
+
+# --- the guard's grammar ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PmuConfig:
+    """What this session set up on the PMU since its `:PMU:INIT` (None: not set)."""
+
+    mode: int
+    limits: tuple[tuple[int, float | None], ...] = ()       # pulse channel -> current limit (A)
+    arrays: tuple[tuple[tuple[int, int, str], tuple[float, ...]], ...] = ()
+    wfm: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
+    trains: tuple[tuple[int, tuple[float, float]], ...] = ()
+    times: tuple[tuple[int, tuple[float, float, float, float]], ...] = ()
+    burst: int = 1
+
+    def get(self, name: str, key):
+        return dict(getattr(self, name)).get(key)
+
+    def put(self, name: str, key, value) -> "PmuConfig":
+        return replace(self, **{name: tuple(sorted({**dict(getattr(self, name)), key: value}.items()))})
+
+
+@dataclass
+class KxciState:
+    """What this session knows the 4200A holds; None: unknown."""
+
+    levels: dict[int, float | None] = field(default_factory=lambda: dict.fromkeys([*SMU_CHANNELS, *PMU_CHANNELS]))
+    compliance: dict[int, float | None] = field(default_factory=lambda: dict.fromkeys(SMU_CHANNELS))
+    pmu_on: dict[int, bool | None] = field(default_factory=lambda: dict.fromkeys(PMU_CHANNELS))
+    pmu: PmuConfig | None = None
+
+
+_QUERIES = frozenset({"*IDN?", "ID", "*OPT?", "SP", ":ERROR:LAST:GET", "TV", "TI", ":PMU:TEST:STATUS?",
+                      ":PMU:DATA:COUNT?", ":PMU:DATA:GET"})
+# settings that source nothing and change no output
+# (not RI/RV/RG, whose compliance argument nobody here could check, nor :PMU:LOAD and
+# :PMU:RPM:CONFIGURE, which have handlers below)
+_SETTINGS = frozenset({"BC", ":ERROR:LAST:CLEAR", "US", "DE", "SS", "SM", "MD", "UL", "IT", "RS", "EC",
+                       ":PMU:SAMPLE:RATE", ":PMU:MEASURE:MODE", ":PMU:SOURCE:RANGE"})
+_SARB = {f":PMU:SARB:SEQ:{a}": a for a in ("TIME", "STARTV", "STOPV", "MEAS:TYPE", "MEAS:START", "MEAS:STOP")}
+_NAME = re.compile(r"^\s*(\*?[A-Za-z]+\??)(.*)$", re.S)
+
+
+@dataclass
+class _Seg:
+    t0: float
+    t1: float
+    v0: float
+    v1: float
+
+
+class KxciGrammar(Grammar[KxciState]):
+    """The KXCI commands memlab needs, checked against the bench limits: every SMU level, the
+    spread between any two outputs (a device may sit between any two lines), compliance, and
+    every PMU test (levels, spreads at every instant, segment widths, pulse widths and energy
+    with the current limit set in this session) are proved within the limits from what this
+    session set; returning an output to 0 V is always allowed; anything else is refused."""
+
+    def __init__(self, limits: Limits, line_ratios: dict[int, tuple[float, ...]] | None = None):
+        self.limits = limits
+        # the fractions of a pulse channel's level that reach crossbar lines (a passive
+        # divider between channel and lines: only fractions <= 1); absent: the level itself
+        self.line_ratios = {ch: tuple(r) for ch, r in (line_ratios or {}).items()}
+
+    def unknown_state(self) -> KxciState:
+        return KxciState()
+
+    def reset_state(self) -> KxciState:
+        """After *RST, the PMU outputs switched off and :PMU:INIT 1 (what `initialize` sends)."""
+        s = KxciState(levels=dict.fromkeys([*SMU_CHANNELS, *PMU_CHANNELS], 0.0),
+                      pmu_on=dict.fromkeys(PMU_CHANNELS, False))
+        s.pmu = PmuConfig(mode=1)
+        return s
+
+    def copy(self, s: KxciState) -> KxciState:
+        return KxciState(dict(s.levels), dict(s.compliance), dict(s.pmu_on), s.pmu)
+
+    def commands(self, message: str) -> list[str]:
+        return [c for c in message.split(";") if c.strip()]
+
+    def doubt(self, a: KxciState, b: KxciState) -> KxciState:
+        same = lambda x, y: x if x == y else None  # noqa: E731
+        return KxciState({k: same(a.levels[k], b.levels[k]) for k in a.levels},
+                         {k: same(a.compliance[k], b.compliance[k]) for k in a.compliance},
+                         {k: same(a.pmu_on[k], b.pmu_on[k]) for k in a.pmu_on},
+                         same(a.pmu, b.pmu))
+
+    def apply(self, s: KxciState, command: str, where: str) -> None:
+        text = command.strip()
+        if text.startswith(":"):
+            head, _, rest = text.partition(" ")
+            name = head.upper()
+        else:
+            m = _NAME.match(text)
+            name, rest = (m.group(1).upper(), m.group(2)) if m else ("", "")
+        args = [a.strip() for a in rest.split(",")] if rest.strip() else []
+        if name == "*RST" and not args:
+            # SMUs off at 0 V; the PMU outputs and set-up are left to :PMU:OUTPUT:STATE and :PMU:INIT
+            for ch in SMU_CHANNELS:
+                s.levels[ch], s.compliance[ch] = 0.0, None
+            return
+        if name in _QUERIES or name in _SETTINGS:
+            return
+        if name in _SARB:
+            return self._sarb(s, _SARB[name], args, where)
+        handler = {"DV": self._dv, ":PMU:INIT": self._init, ":PMU:MEASURE:RANGE": self._range,
+                   ":PMU:SARB:WFM:SEQ:LIST": self._wfm, ":PMU:PULSE:TRAIN": self._train,
+                   ":PMU:PULSE:TIMES": self._times, ":PMU:PULSE:BURST:COUNT": self._burst,
+                   ":PMU:OUTPUT:STATE": self._output, ":PMU:ABORT": self._abort,
+                   ":PMU:EXECUTE": self._execute, ":PMU:LOAD": self._load,
+                   ":PMU:RPM:CONFIGURE": self._rpm}.get(name)
+        if handler is None:
+            raise LimitError(f"{where}{name or text!r} is not covered by the bench limits")
+        handler(s, args, where)
+
+    # --- SMUs -------------------------------------------------------------------------------
+
+    def _smu(self, token: str, where: str) -> int:
+        ch = integer(token, where)
+        if ch not in SMU_CHANNELS:
+            raise LimitError(f"{where}SMU {ch} is not a channel 1 to 8")
+        return ch
+
+    def _dv(self, s, args, where):
+        """DVch (off) or DVch,range,V,Icomp."""
+        if len(args) == 1:
+            s.levels[self._smu(args[0], where)] = 0.0
+            return
+        if len(args) != 4:
+            raise LimitError(f"{where}DV takes a channel, or a channel, range, level and compliance")
+        ch = self._smu(args[0], where)
+        integer(args[1], where)
+        volts, compliance = number(args[2], where), abs(number(args[3], where))
+        self.limits.check_compliance(compliance, where)
+        if volts != 0:
+            self.limits.check_line_voltage(volts, where)
+            self._spread(s, ch, [volts], where)
+        s.levels[ch], s.compliance[ch] = volts, compliance
+
+    def _spread(self, s: KxciState, ch: int, volts: list[float], where: str, skip=()) -> None:
+        """A device may sit between this output and any other: their difference is bounded."""
+        for other, level in s.levels.items():
+            if other == ch or other in skip:
+                continue
+            if level is None:
+                raise LimitError(f"{where}level of channel {other} unknown: cannot bound the voltage across a device")
+            for v in volts:
+                if abs(v - level) > self.limits.max_device_voltage:
+                    raise LimitError(f"{where}{v:+.4g} V against {level:+.4g} V on channel {other} exceeds "
+                                     f"max_device_voltage {self.limits.max_device_voltage} V across a device")
+
+    # --- PMU set-up -------------------------------------------------------------------------
+
+    def _pulse_channel(self, token: str, where: str) -> int:
+        ch = integer(token, where)
+        if hardware_channel(ch) not in PMU_CHANNELS or ch < 1:
+            raise LimitError(f"{where}pulse channel {ch} is not 1 to {len(PMU_CHANNELS)}")
+        return ch
+
+    def _config(self, s: KxciState, where: str) -> PmuConfig:
+        if s.pmu is None:
+            raise LimitError(f"{where}the PMU was not initialized (:PMU:INIT) in this session")
+        return s.pmu
+
+    def _init(self, s, args, where):
+        if len(args) != 1 or integer(args[0], where) not in (0, 1):
+            raise LimitError(f"{where}:PMU:INIT takes 0 or 1")
+        s.pmu = PmuConfig(mode=int(args[0]))
+
+    def _load(self, s, args, where):
+        """The PMU corrects its source for the load it is told: told a low load, it raises its
+        internal level so the load sees the programmed one, and a high-impedance device would
+        see up to twice that. Only the default (1 Mohm, about open circuit) and above."""
+        if len(args) != 2:
+            raise LimitError(f"{where}:PMU:LOAD takes a channel and a resistance")
+        self._pulse_channel(args[0], where)
+        if number(args[1], where) < 1e6:
+            raise LimitError(f"{where}a load below 1 Mohm would scale the pulse levels above the programmed "
+                             f"ones on a high-impedance device")
+
+    def _rpm(self, s, args, where):
+        """Only the PMU path: the SMU path (2) would put an SMU's level on the PMU's line."""
+        if len(args) != 2 or not re.fullmatch(r"PMU[1-4]-[12]", args[0].upper()) or integer(args[1], where) != 0:
+            raise LimitError(f"{where}only :PMU:RPM:CONFIGURE PMUm-c,0 (the pulse path) is covered")
+
+    def _range(self, s, args, where):
+        """:PMU:MEASURE:RANGE ch,type[,range]: the current limit of a fixed or limited range."""
+        if len(args) not in (2, 3):
+            raise LimitError(f"{where}:PMU:MEASURE:RANGE takes a channel, a type and a range")
+        ch, kind = self._pulse_channel(args[0], where), integer(args[1], where)
+        limit = number(args[2], where) if len(args) == 3 and kind in (1, 2) else None
+        s.pmu = self._config(s, where).put("limits", ch, limit)
+
+    def _sarb(self, s, name, args, where):
+        if len(args) < 3:
+            raise LimitError(f"{where}segment ARB arrays take a channel, a sequence and values")
+        config = self._config(s, where)
+        ch, seq = self._pulse_channel(args[0], where), integer(args[1], where)
+        values = tuple(number(a, where) for a in args[2:])
+        s.pmu = config.put("arrays", (ch, seq, name), values)
+
+    def _wfm(self, s, args, where):
+        if len(args) < 3 or len(args) % 2 == 0:
+            raise LimitError(f"{where}a sequence list takes a channel and (sequence, loops) pairs")
+        ch = self._pulse_channel(args[0], where)
+        pairs = tuple((integer(a, where), integer(b, where)) for a, b in zip(args[1::2], args[2::2]))
+        s.pmu = self._config(s, where).put("wfm", ch, pairs)
+
+    def _train(self, s, args, where):
+        if len(args) != 3:
+            raise LimitError(f"{where}:PMU:PULSE:TRAIN takes a channel, a base and an amplitude")
+        ch = self._pulse_channel(args[0], where)
+        s.pmu = self._config(s, where).put("trains", ch, (number(args[1], where), number(args[2], where)))
+
+    def _times(self, s, args, where):
+        if len(args) != 5:
+            raise LimitError(f"{where}:PMU:PULSE:TIMES takes a channel, period, width, rise and fall")
+        ch = self._pulse_channel(args[0], where)
+        s.pmu = self._config(s, where).put("times", ch, tuple(number(a, where) for a in args[1:]))
+
+    def _burst(self, s, args, where):
+        if len(args) != 1:
+            raise LimitError(f"{where}:PMU:PULSE:BURST:COUNT takes a count")
+        s.pmu = replace(self._config(s, where), burst=integer(args[0], where))
+
+    def _output(self, s, args, where):
+        """On, the output waits at 0 V for EXECUTE (every waveform the guard passes starts there)."""
+        if len(args) != 2 or integer(args[1], where) not in (0, 1):
+            raise LimitError(f"{where}:PMU:OUTPUT:STATE takes a channel and 0 or 1")
+        ch = hardware_channel(self._pulse_channel(args[0], where))
+        s.levels[ch], s.pmu_on[ch] = 0.0, integer(args[1], where) == 1
+
+    def _abort(self, s, args, where):
+        for ch in PMU_CHANNELS:
+            s.levels[ch], s.pmu_on[ch] = 0.0, False
+
+    # --- a PMU test ---------------------------------------------------------------------------
+
+    def _execute(self, s, args, where):
+        if args:
+            raise LimitError(f"{where}:PMU:EXECUTE takes no arguments")
+        config = self._config(s, where)
+        if any(on is None for on in s.pmu_on.values()):
+            raise LimitError(f"{where}PMU output states unknown: cannot tell which channels would run")
+        running = [ch for ch, on in s.pmu_on.items() if on]
+        if not running:
+            raise LimitError(f"{where}no PMU output is on: nothing set up to execute")
+        plans, limit = {}, 0.0
+        for hw in running:
+            ch = kxci_channel(hw)
+            ch_limit = config.get("limits", ch)
+            if ch_limit is None:
+                raise LimitError(f"{where}no fixed or limited current range set on pulse channel {ch} in this "
+                                 f"session: the current it may carry is unknown")
+            self.limits.check_compliance(ch_limit, where + f"pulse channel {ch} current range: ")
+            limit = max(limit, ch_limit)
+            plans[hw] = self._plan(config, ch, where)
+        self._check_test(s, plans, limit, where)
+        for hw, segments in plans.items():
+            s.levels[hw] = segments[-1].v1
+
+    def _plan(self, config: PmuConfig, ch: int, where: str) -> list[_Seg]:
+        segments: list[_Seg] = []
+        t = 0.0
+        if config.mode == 1:
+            wfm = config.get("wfm", ch)
+            if not wfm:
+                raise LimitError(f"{where}no sequence list loaded on pulse channel {ch} in this session")
+            for seq, loops in wfm:
+                arrays = [config.get("arrays", (ch, seq, k)) for k in ("TIME", "STARTV", "STOPV")]
+                if any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+                    raise LimitError(f"{where}sequence {seq} of pulse channel {ch} not fully loaded in this session")
+                if loops < 1 or len(segments) + loops * len(arrays[0]) > MAX_CHECKED_SEGMENTS:
+                    raise LimitError(f"{where}sequence list of pulse channel {ch} too long to check")
+                for _ in range(loops):
+                    for width, v0, v1 in zip(*arrays):
+                        if not 0 < width <= self.limits.max_pulse_width:
+                            raise LimitError(f"{where}segment of {width:.4g} s outside (0, "
+                                             f"{self.limits.max_pulse_width}] s")
+                        segments.append(_Seg(t, t + width, v0, v1))
+                        t += width
+            return segments
+        train, times = config.get("trains", ch), config.get("times", ch)
+        if train is None or times is None:
+            raise LimitError(f"{where}no pulse train loaded on pulse channel {ch} in this session")
+        base, top = train
+        period, width, rise, fall = times
+        if base != 0:
+            raise LimitError(f"{where}a pulse train on a non-zero base holds the devices biased for the "
+                             f"whole burst: not covered by the bench limits")
+        flat = width - (rise + fall) / 2
+        if min(rise, fall, flat) <= 0 or period < rise + flat + fall or width > self.limits.max_pulse_width:
+            raise LimitError(f"{where}pulse times {times} not provably within max_pulse_width "
+                             f"{self.limits.max_pulse_width} s")
+        if not 1 <= config.burst <= MAX_CHECKED_SEGMENTS // 4:
+            raise LimitError(f"{where}burst of {config.burst} pulses too long to check")
+        for _ in range(config.burst):
+            segments += [_Seg(t, t + rise, 0.0, top), _Seg(t + rise, t + rise + flat, top, top),
+                         _Seg(t + rise + flat, t + rise + flat + fall, top, 0.0)]
+            t += rise + flat + fall
+            segments.append(_Seg(t, t - (rise + flat + fall) + period, 0.0, 0.0))
+            t = segments[-1].t1
+        return segments
+
+    def _lines(self, hw: int, v: float) -> list[float]:
+        """The levels `v` on pulse channel `hw` puts on crossbar lines."""
+        return [r * v for r in self.line_ratios.get(hw, (1.0,))]
+
+    def _check_test(self, s: KxciState, plans: dict[int, list[_Seg]], limit: float, where: str) -> None:
+        lim = self.limits
+        for hw, segs in plans.items():
+            for seg in segs:
+                for v in (seg.v0, seg.v1):
+                    lim.check_line_voltage(v, where)
+                    lines = self._lines(hw, v)
+                    for x in lines:
+                        lim.check_device_voltage(x, where + "a level against a line at 0 V: ")
+                    if max(lines) - min(lines) > lim.max_device_voltage:
+                        raise LimitError(f"{where}divider outputs of channel {kxci_channel(hw)} "
+                                         f"{max(lines) - min(lines):.4g} V apart exceed max_device_voltage")
+                    self._spread(s, hw, lines, where, skip=plans)   # against the SMUs and idle PMU channels
+        channels = list(plans)
+        starts = {hw: [seg.t0 for seg in plans[hw]] for hw in channels}
+        cuts = sorted({0.0, *(t for segs in plans.values() for seg in segs for t in (seg.t0, seg.t1))})
+
+        def at(hw: int, t: float) -> list[float]:
+            """The channel's level just before and just after t (a jump has two)."""
+            segs = plans[hw]
+            if t >= segs[-1].t1:
+                return [segs[-1].v1]   # held at its last level while the others run on
+            k = bisect_right(starts[hw], t) - 1
+            seg = segs[k]
+            if seg.t0 == t:
+                return [seg.v0] + ([segs[k - 1].v1] if k else [0.0])
+            return [seg.v0 + (seg.v1 - seg.v0) * (t - seg.t0) / (seg.t1 - seg.t0)]
+
+        # between running channels, at every instant: the waveforms are piecewise linear, so their
+        # difference is largest at a cut, on either side of it
+        for t in cuts:
+            levels = {hw: [x for v in at(hw, t) for x in self._lines(hw, v)] for hw in channels}
+            for i, a in enumerate(channels):
+                for b in channels[i + 1:]:
+                    worst = max(abs(x - y) for x in levels[a] for y in levels[b])
+                    if worst > lim.max_device_voltage:
+                        raise LimitError(f"{where}{worst:.4g} V between pulse channels {kxci_channel(a)} and "
+                                         f"{kxci_channel(b)} at t = {t:.4g} s exceeds max_device_voltage "
+                                         f"{lim.max_device_voltage} V")
+        # pulses: runs of time with any channel away from 0 V (ramps count half: full width at
+        # half maximum); each within max_pulse_width and, at the current limit, max_pulse_energy
+        run_width, run_peak = 0.0, 0.0
+        for a, b in zip(cuts, cuts[1:]):
+            peak, ramp = 0.0, False
+            for hw in channels:
+                segs = plans[hw]
+                if a >= segs[-1].t1:
+                    peak = max(peak, abs(segs[-1].v1))
+                    continue
+                seg = segs[bisect_right(starts[hw], a) - 1]
+                peak = max(peak, abs(seg.v0), abs(seg.v1))
+                ramp = ramp or seg.v0 != seg.v1
+            if peak > 0:
+                run_width += (b - a) / 2 if ramp else b - a
+                run_peak = max(run_peak, peak)
+                self._pulse(run_peak, run_width, limit, where)
+            else:
+                run_width, run_peak = 0.0, 0.0
+
+    def _pulse(self, peak: float, width: float, limit: float, where: str) -> None:
+        if width > self.limits.max_pulse_width * (1 + 1e-12):
+            raise LimitError(f"{where}pulse of {width:.4g} s exceeds max_pulse_width {self.limits.max_pulse_width} s")
+        energy = abs(peak) * limit * width
+        if energy > self.limits.max_pulse_energy:
+            raise LimitError(f"{where}pulse energy bound {energy:.3g} J ({peak:.3g} V x {limit:.3g} A x "
+                             f"{width:.3g} s) exceeds max_pulse_energy {self.limits.max_pulse_energy} J")
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+class K4200A(VisaInstrument, SourceMeter, PulseSource):
+    read_termination = "\0"
+    write_termination = "\0"
+    error_query = ":ERROR:LAST:GET"
+    edge_s = SEGMENT_MIN_S                     # every rise and fall: the shortest segment
+    max_steps = VALUES_PER_CALL // SEGMENTS_PER_STEP   # one sequence of at most 128 segments per channel
+
+    def __init__(self, resource: str, *, limits: Limits, name: str = "K4200A",
+                 line_ratios: dict[int, tuple[float, ...]] | None = None, **visa):
+        self.limits = limits
+        self.identity = ""
+        self.options: list[str] = []
+        self.enabled: set[int] = set()
+        self.pulses_sent = 0   # PMU tests that left the host (an unconfirmed one included)
+        super().__init__(resource, name=name, grammar=KxciGrammar(limits, line_ratios), **visa)
+
+    # --- replies and errors -------------------------------------------------------------------
+
+    def read(self) -> str:
+        return super().read().strip("\r\n\0 ")
+
+    def _parse_error(self, reply: str) -> tuple[int, str]:
+        text = reply.strip()
+        if text == "ACK":
+            return NO_ERROR_CODE, ""
+        m = _ERROR.match(text)
+        if not m:
+            raise ReplyError(f"{self.name}: unexpected reply {text!r} to {self.error_query}")
+        return int(m.group(2)), m.group(1)
+
+    def _clear_error_queue(self, limit: int = 1) -> None:
+        self._expect_ack(":ERROR:LAST:CLEAR")
+
+    def _expect_ack(self, message: str) -> None:
+        reply = self.query(message, retries=1)
+        if reply != "ACK":
+            raise ReplyError(f"{self.name}: {message!r} answered {reply!r}, not ACK")
+
+    def _failed(self, reply: str, message: str) -> InstrumentError | None:
+        """The instrument's error for a reply that is not what `message` should get."""
+        code, text = self._parse_error(self.query(self.error_query, retries=1))
+        if code == NO_ERROR_CODE:
+            return None
+        self._clear_error_queue()
+        return InstrumentError(self.name, code, text, message)
+
+    # --- connect --------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Clear errors, reset, switch every PMU output off and initialize the PMU for segment
+        ARB (the guard then knows the instrument's state), then identify it and its cards."""
+        self.drain()
+        self._expect_ack(":ERROR:LAST:CLEAR")
+        self.options = []
+        self.send("*RST")
+        self.options = self.read_options()
+        off = [f":PMU:OUTPUT:STATE {kxci_channel(ch)},0" for ch in self.pulse_channels()]
+        self.send(*off, *([":PMU:INIT 1"] if off else []))
+        if not off:   # no PMU: its outputs are off as far as anything can tell
+            for ch in PMU_CHANNELS:
+                self.guard.state.levels[ch], self.guard.state.pmu_on[ch] = 0.0, False
+        else:
+            for ch in set(PMU_CHANNELS) - set(self.pulse_channels()):
+                self.guard.state.levels[ch], self.guard.state.pmu_on[ch] = 0.0, False
+        self.enabled.clear()
+        self.identity = self.query("*IDN?", retries=1)
+        self.send("US")
+
+    def read_options(self) -> list[str]:
+        reply = self.query("*OPT?", retries=1)
+        cards = [c.strip() for c in reply.split(",") if c.strip()]
+        if not cards or not all(re.fullmatch(r"[A-Z]+\d[A-Z0-9-]*", c) for c in cards):
+            raise ReplyError(f"{self.name}: *OPT? answered {reply!r}, not a list of cards")
+        return cards
+
+    def source_channels(self) -> list[int]:
+        return sorted(int(c[3:]) for c in self.options if re.fullmatch(r"SMU\d", c))
+
+    def pulse_channels(self) -> list[int]:
+        return [100 * int(c[3:]) + k for c in self.options if re.fullmatch(r"PMU\d", c) for k in (1, 2)]
+
+    def require_smu(self, channel: int) -> None:
+        if channel not in self.source_channels():
+            raise ValueError(f"{self.name}: no SMU {channel} (cards: {', '.join(self.options) or 'none'})")
+
+    def enable(self, channels: list[int]) -> None:
+        """KXCI has no output switch apart from sourcing: an SMU comes on, at 0 V, with a DV."""
+        for ch in channels:
+            self.require_smu(ch)
+        self.send("US", *(self.dv_command(ch, 0.0) for ch in channels))
+        self.enabled.update(channels)
+
+    def disable(self, channels: list[int]) -> None:
+        """`DVch` alone: the SMU to 0 V and off."""
+        self.send("US", *(f"DV{ch}" for ch in channels))
+        self.enabled.difference_update(channels)
+
+    # --- SourceMeter ------------------------------------------------------------------------------
+
+    def dv_command(self, channel: int, volts: float, compliance: float | None = None) -> str:
+        compliance = self.limits.compliance_current if compliance is None else compliance
+        return f"DV{channel},0,{_num(volts)},{_num(compliance)}"
+
+    def set_voltages(self, levels: Levels) -> None:
+        pairs = level_pairs(levels)
+        for ch, _ in pairs:
+            self.require_smu(ch)
+        self.send("US", *(self.dv_command(ch, v) for ch, v in pairs))
+        self.enabled.update(ch for ch, _ in pairs)
+
+    def measure_current(self, channel: int, *, levels: Levels | None = None,
+                        then: Levels | None = None) -> Measurement:
+        """One message: the levels, the spot current, the levels after; one reply (the reading).
+        A reading confirms the whole message: a failing command ends the message with an error
+        reply instead (see simulator/k4200a.py)."""
+        self.require_smu(channel)
+        before = [self.dv_command(ch, v) for ch, v in level_pairs(levels or {})]
+        after = [self.dv_command(ch, v) for ch, v in level_pairs(then or {})]
+        message = ";".join(["US", *before, f"TI{channel}", *after])
+        for attempt in range(2):
+            try:
+                reply = self.query(message)
+                break
+            except TimeoutError:
+                error = self._failed("", message)
+                if error is not None:
+                    raise error
+                if attempt:
+                    raise
+        try:
+            reading = parse_reading(reply)
+        except ReplyError:
+            error = self._failed(reply, message)
+            if error is not None:
+                raise error from None
+            raise
+        self.confirm_last()
+        if not reading.valid:
+            raise ReplyError(f"{self.name}: SMU {channel} reading has status {reading.status!r} "
+                             f"({reading.value:g}), not a valid measurement")
+        return Measurement(reading.value, reading.status == "C")
+
+    def check_pulse(self, channel: int, base: float, peak: float, width: float) -> None:
+        drive, other, steps = self._pulse_plan(channel, base, peak, width)
+        self.check_sequence(drive, other, steps)
+
+    def pulse(self, channel: int, base: float, peak: float, width: float) -> Measurement:
+        """A PMU pulse (KXCI user mode has no SMU pulse): one segment-ARB step on `channel`,
+        the card's other channel held at 0 V, the current measured on `channel` at the top."""
+        drive, other, steps = self._pulse_plan(channel, base, peak, width)
+        current = self.run_sequence(drive, other, steps, measure_on=drive)[0]
+        limit = self._range_for(drive)
+        return Measurement(current, abs(current) >= limit * (1 - 1e-6))
+
+    def _pulse_plan(self, channel: int, base: float, peak: float, width: float):
+        if channel not in self.pulse_channels():
+            raise ValueError(f"{self.name}: KXCI has no pulsed SMU measurement; pulse a PMU channel "
+                             f"({self.pulse_channels() or 'none installed'}), not {channel}")
+        if base != 0:
+            raise LimitError(f"{self.name}: PMU pulses start and end at 0 V (base {base} V asked)")
+        other = channel + 1 if channel % 100 == 1 else channel - 1
+        return channel, other, [PulseStep(drive=peak, sense=0.0, width=width, measure=True)]
+
+    # --- PulseSource --------------------------------------------------------------------------------
+
+    def _range_for(self, channel: int) -> float:
+        """The largest PMU current range within the bench's compliance current (the guard
+        bounds pulse energy with it)."""
+        fits = [r for r in PMU_CURRENT_RANGES if r >= self.limits.compliance_current * (1 - 1e-12)]
+        below = [r for r in PMU_CURRENT_RANGES if r <= self.limits.compliance_current]
+        return below[-1] if below else fits[0]
+
+    def sequence_commands(self, drive: int, sense: int, steps: Sequence[PulseStep], *,
+                          measure_on: int | None = None) -> list[str]:
+        """Set-up of one segment-ARB test: ranges, one sequence per channel (rise, top, fall per
+        step; the top measured on `measure_on`, default `sense`), the lists, the outputs on."""
+        for ch in (drive, sense):
+            if ch not in self.pulse_channels():
+                raise ValueError(f"{self.name}: {ch} is not a PMU channel ({self.pulse_channels()})")
+        if drive == sense:
+            raise ValueError(f"{self.name}: drive and sense are the same channel {drive}")
+        if not 1 <= len(steps) <= self.max_steps:
+            raise ValueError(f"{self.name}: {len(steps)} steps; one test takes 1 to {self.max_steps}")
+        measure_on = sense if measure_on is None else measure_on
+        edge = self.edge_s
+        times, levels = [], {drive: ([], []), sense: ([], [])}
+        kinds = {drive: [], sense: []}
+        stops = {drive: [], sense: []}
+        for step in steps:
+            top = math.floor((step.width - edge) / SEGMENT_RESOLUTION_S + 1e-6) * SEGMENT_RESOLUTION_S
+            if top < SEGMENT_MIN_S:
+                raise ValueError(f"{self.name}: a step of {step.width:.3g} s is shorter than its edges "
+                                 f"plus the {SEGMENT_MIN_S * 1e9:.0f} ns shortest segment")
+            times += [edge, round(top, 12), edge, SEGMENT_MIN_S]
+            for ch, v in ((drive, step.drive), (sense, step.sense)):
+                start, stop = levels[ch]
+                start += [0.0, v, v, 0.0]
+                stop += [v, v, 0.0, 0.0]
+                measured = step.measure and ch == measure_on
+                kinds[ch] += [0, 1 if measured else 0, 0, 0]
+                stops[ch] += [0.0, round(top, 12) if measured else 0.0, 0.0, 0.0]
+        commands = []
+        for ch in (drive, sense):
+            p = kxci_channel(ch)
+            start, stop = levels[ch]
+            commands += [f":PMU:MEASURE:RANGE {p},2,{_num(self._range_for(ch))}",
+                         f":PMU:SARB:SEQ:TIME {p},1," + ",".join(_num(t) for t in times),
+                         f":PMU:SARB:SEQ:STARTV {p},1," + ",".join(_num(v) for v in start),
+                         f":PMU:SARB:SEQ:STOPV {p},1," + ",".join(_num(v) for v in stop),
+                         f":PMU:SARB:SEQ:MEAS:TYPE {p},1," + ",".join(str(k) for k in kinds[ch]),
+                         f":PMU:SARB:SEQ:MEAS:START {p},1," + ",".join("0" for _ in times),
+                         f":PMU:SARB:SEQ:MEAS:STOP {p},1," + ",".join(_num(t) for t in stops[ch]),
+                         f":PMU:SARB:WFM:SEQ:LIST {p},1,1",
+                         f":PMU:OUTPUT:STATE {p},1"]
+        # the card's other channels stay off: nothing but these two runs
+        return commands
+
+    def check_sequence(self, drive: int, sense: int, steps: Sequence[PulseStep], *,
+                       measure_on: int | None = None) -> None:
+        commands = self.sequence_commands(drive, sense, steps, measure_on=measure_on)
+        self.guard.check(";".join([*commands, ":PMU:EXECUTE"]))
+
+    def run_sequence(self, drive: int, sense: int, steps: Sequence[PulseStep], *,
+                     measure_on: int | None = None) -> list[float]:
+        """Set-up (one message, confirmed), EXECUTE (counted as it leaves the host, never
+        retried), the status, the data of the measured channel."""
+        commands = self.sequence_commands(drive, sense, steps, measure_on=measure_on)
+        self.guard.check(";".join([*commands, ":PMU:EXECUTE"]))   # the whole test, before anything is sent
+        self.send(*commands)
+        self.drain()
+        with signals_deferred():
+            self._awaiting_reply = True
+            self.write(":PMU:EXECUTE")
+            self.pulses_sent += 1
+        try:
+            reply = self.read()
+            if reply != "ACK":
+                error = self._failed(reply, ":PMU:EXECUTE")
+                raise error or ReplyError(f"{self.name}: :PMU:EXECUTE answered {reply!r}")
+            self.confirm_last()
+            self._wait_idle()
+        except (TimeoutError, ReplyError, InstrumentError) as exc:
+            raise PulseOutcomeUnknown(f"{self.name}: the PMU test was sent but its completion was not "
+                                      f"confirmed ({exc}); it may or may not have run") from exc
+        measured = measure_on if measure_on is not None else sense
+        wanted = sum(1 for s in steps if s.measure)
+        return self._data(kxci_channel(measured), wanted) if wanted else []
+
+    def _wait_idle(self, polls: int = 1000) -> None:
+        for _ in range(polls):
+            status = self.query(":PMU:TEST:STATUS?", retries=1)
+            if status == "0":
+                return
+            if status != "1":
+                raise ReplyError(f"{self.name}: :PMU:TEST:STATUS? answered {status!r}")
+        raise ReplyError(f"{self.name}: the PMU test did not end within {polls} polls")
+
+    def _data(self, pulse_channel: int, wanted: int) -> list[float]:
+        reply = self.query(f":PMU:DATA:GET {pulse_channel},0,{wanted}", retries=1)
+        try:
+            points = [p.split(",") for p in reply.split(";") if p.strip()]
+            currents = [float(p[1]) for p in points if len(p) == 4]
+        except ValueError:
+            currents = []
+        if len(currents) != wanted or len(points) != wanted:
+            error = self._failed(reply, f":PMU:DATA:GET {pulse_channel}")
+            raise error or ReplyError(f"{self.name}: expected {wanted} PMU points, got {reply!r}")
+        return currents
+
+    # --- safe state -------------------------------------------------------------------------------
+
+    def safe_state(self) -> None:
+        """Every PMU output off, every SMU to 0 V and off (DVch alone)."""
+        self.make_safe(self._safe_state)
+
+    def _safe_state(self) -> None:
+        self.drain()
+        smus = self.source_channels() or list(SMU_CHANNELS)
+        pmus = self.pulse_channels()
+        try:
+            self.send(*([":PMU:ABORT"] + [f":PMU:OUTPUT:STATE {kxci_channel(ch)},0" for ch in pmus] if pmus else []),
+                      "US", *(f"DV{ch}" for ch in smus))
+        except InstrumentError:
+            # a command the instrument refused: send the rest one by one
+            for command in [*(f":PMU:OUTPUT:STATE {kxci_channel(ch)},0" for ch in pmus), "US",
+                            *(f"DV{ch}" for ch in smus)]:
+                try:
+                    self.send(command)
+                except InstrumentError:
+                    pass
+        self.enabled.clear()
+
+    @classmethod
+    def _probe(cls, limits: Limits, line_ratios=None) -> "K4200A":
+        """A driver with no connection whose guard holds a freshly connected instrument."""
+        guard = Guard(KxciGrammar(limits, line_ratios), "K4200A")
+        guard.state = guard.grammar.reset_state()
+        probe = object.__new__(cls)
+        probe.limits, probe.options, probe.guard, probe.name = limits, ["PMU1"], guard, "K4200A"
+        return probe
+
+    @classmethod
+    def check_pulse_plan(cls, limits: Limits, base: float, peak: float, width: float) -> None:
+        """Would a PMU pulse like this pass on a freshly connected instrument? Nothing is sent."""
+        probe = cls._probe(limits)
+        drive, other, steps = probe._pulse_plan(101, base, peak, width)
+        probe.check_sequence(drive, other, steps, measure_on=drive)
+
+    @classmethod
+    def check_sequence_plan(cls, limits: Limits, drive: int, sense: int, steps: Sequence[PulseStep],
+                            line_ratios=None, **_options) -> None:
+        """Would `run_sequence` pass on a freshly connected instrument? Nothing is sent."""
+        cls._probe(limits, line_ratios).check_sequence(drive, sense, steps)

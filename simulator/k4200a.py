@@ -1,0 +1,833 @@
+"""Emulated Keithley 4200A-SCS parameter analyzer speaking KXCI on a LAN socket: the text core.
+
+`K4200ACore.handle(message)` takes one received message (its terminator stripped) and returns
+the one reply line the instrument sends for it; `server.py` adds the line ending and the NUL.
+The physics lives behind `hardware` (the bench's `_SourceHardware`): SMU k drives hardware
+channel k, channel c of PMU card m drives hardware channel 100*m + c.
+
+Facts and where they come from:
+
+* KXCI on LAN (4200A-SCS KXCI programming manual as quoted by Tektronix's KXCI examples and
+  by client code): every message gets exactly one reply, `ACK` for setters (also for a
+  `;`-compound message of setters); the line ending is configurable in KCon (none, LF, CR,
+  CR LF) and a NUL follows it on LAN (pyvisa issue 772, pyvisa-py 393/394). Messages end at
+  LF, CR or NUL (Tektronix's examples write NUL, others LF).
+* `*IDN?` `KEITHLEY INSTRUMENTS,KI4200A,<serial>,V<version>`, `ID` `KI4200A V<version>`,
+  `*OPT?` the cards by name (`SMU1,SMU2,SMU3,SMU4,PMU1`), `SP` the status byte in decimal
+  (1 data ready, 2 syntax error, 16 busy, 64 service request), `BC` clears the buffer and
+  the data-ready bit.
+* User mode (`US`): `DVch,range,V,Icomp`, `DIch,range,I,Vcomp`, `DVch`/`DIch` alone turn
+  the SMU off (pymeasure's `disable`), `TVch`/`TIch` answer `XYZ+N.NNNNE+NN`: X status (N
+  normal, C this channel in compliance, T another channel in compliance, V overflow, X
+  oscillation, L interval too short), Y the channel letter (A..H for SMU1..8), Z V or I.
+  `RIch,range,comp`, `RVch,range,comp`, `RGch,range`, `IT1..3`, `RS3..7`, `EC0|1`.
+* 4225-PMU (`:PMU:` commands, Tektronix KXCI segment-ARB examples and client code citing
+  the KXCI manual 4200A-KXCI-907-01 section 7): `:PMU:INIT 0|1` (pulse or segment ARB; clears
+  the data and the sequences), `:PMU:RPM:CONFIGURE PMUm-c,mode`, `:PMU:MEASURE:RANGE
+  ch,type,range` (type 0 auto, 1 limited, 2 fixed), `:PMU:SOURCE:RANGE ch,10|40`,
+  `:PMU:LOAD ch,ohms` (1 to 1e7), `:PMU:SAMPLE:RATE` (1e3 to 200e6), `:PMU:SARB:SEQ:TIME|
+  STARTV|STOPV|MEAS:TYPE|MEAS:START|MEAS:STOP ch,seq,v1,...` (at most 128 values per call;
+  segments at least 20 ns, 10 ns resolution), `:PMU:SARB:WFM:SEQ:LIST ch,seq,loops,...`,
+  `:PMU:OUTPUT:STATE ch,0|1`, `:PMU:EXECUTE`, `:PMU:ABORT`, `:PMU:TEST:STATUS?` (1 running,
+  0 idle), `:PMU:DATA:COUNT? ch`, `:PMU:DATA:GET ch[,start,count]` answering `V,I,t,status`
+  points joined by `;` (at most 2048 per call). Pulse channels are numbered 1, 2 on PMU1.
+* Standard pulse mode: `:PMU:PULSE:TRAIN ch,base,amplitude`, `:PMU:PULSE:TIMES ch,period,
+  width,rise,fall`, `:PMU:PULSE:BURST:COUNT n`, `:PMU:MEASURE:MODE m`.
+
+Choices not confirmed in a manual are marked GUESS where they are made. The most important:
+an invalid command stops the rest of its message, is kept as the last error (`:ERROR:LAST:GET`
+answers `<text>. (<code>)`, `No error. (0)` when there is none) and sets the syntax-error bit
+of `SP`; the message is answered with that same error text instead of `ACK` (GUESS).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+
+class Hardware(Protocol):
+    def apply(self, outputs: dict[int, tuple[float, float] | None]) -> None: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+    def measure_current(self, channel: int, integration_s: float) -> float: ...
+
+    def measure_voltage(self, channel: int, integration_s: float) -> float: ...
+
+    def note_pulse(self, peak: float, width: float, compliance: float) -> None: ...
+
+
+# ---------------------------------------------------------------------------- errors
+
+# GUESS: codes and texts. -992 "KXCI command error" is what two independent client test
+# suites expect from :ERROR:LAST:GET after a bad command; the others are this emulator's.
+ERRORS = {
+    -992: "KXCI command error",
+    -993: "Invalid parameter",
+    -994: "Instrument not installed",
+    -995: "Command not valid in this mode",
+    -996: "Test not configured",
+    -997: "Data not available",
+}
+NO_ERROR = "No error. (0)"
+
+
+class KxciError(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+    @property
+    def text(self) -> str:
+        return f"{ERRORS[self.code]}. ({self.code})"
+
+
+LINE_ENDINGS = {"none": "", "LF": "\n", "CR": "\r", "CRLF": "\r\n"}
+DEFAULT_IDN = "KEITHLEY INSTRUMENTS,KI4200A,1489223,V1.14"
+STATUS_DATA_READY, STATUS_SYNTAX_ERROR, STATUS_BUSY = 1, 2, 16
+MAX_SMUS = 8
+MAX_PMUS = 4  # GUESS: as many PMU cards as the chassis has fast slots
+
+# 4200-SMU (medium power): +/-210 V, +/-105 mA
+SMU_V_MAX, SMU_I_MAX = 210.0, 0.105
+# DV range codes: 0 auto, 1 20 V, 2 200 V, 3 200 V (pymeasure); GUESS 4/5: 200 mV / 2 V with
+# a preamplifier, accepted with the 20 V limit
+DV_RANGES = {0: 210.0, 1: 21.0, 2: 210.0, 3: 210.0, 4: 21.0, 5: 21.0}
+DI_RANGES = {0: 0.105, **{k: 1e-9 * 10 ** (k - 1) * 1.05 for k in range(1, 10)}, 11: 1.05e-12,
+             12: 1.05e-11, 13: 1.05e-10}
+# IT: integration time in power line cycles (short, normal, long); GUESS 50 Hz mains
+LINE_HZ = 50.0
+IT_PLC = {1: 0.1, 2: 1.0, 3: 10.0}
+COMPLIANCE_TOLERANCE = 1e-6
+
+# PMU (4225-PMU, with or without a 4225-RPM)
+PMU_SEGMENT_MIN_S = 20e-9
+PMU_SEGMENT_RESOLUTION_S = 10e-9
+PMU_MAX_VALUES_PER_CALL = 128
+PMU_MAX_POINTS_PER_GET = 2048
+PMU_MAX_SEQUENCES = 512          # GUESS
+PMU_MAX_SEGMENTS = 2048          # GUESS: segments per channel in one test, all sequences played
+PMU_SOURCE_RANGES = {10: 10.0, 40: 40.0}
+# current measure ranges (A): RPM 100 nA..10 mA, PMU 10 V: 10 mA, 200 mA; 40 V: 100 uA, 800 mA
+PMU_CURRENT_RANGES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.2, 0.8)
+PMU_AUTO_RANGE = 0.2             # GUESS: what an auto-ranged channel may carry (10 V range)
+PMU_MEASURE_MODES = (0, 1, 2, 3)  # GUESS: spot mean discrete, waveform discrete, spot mean average, waveform average
+SARB_ARRAYS = ("TIME", "STARTV", "STOPV", "MEAS:TYPE", "MEAS:START", "MEAS:STOP")
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _num(token: str) -> float:
+    token = token.strip()
+    if not _NUMBER.fullmatch(token):
+        raise KxciError(-993)
+    value = float(token)
+    if not math.isfinite(value):
+        raise KxciError(-993)
+    return value
+
+
+def _int(token: str) -> int:
+    token = token.strip()
+    if not _INTEGER.fullmatch(token):
+        if _NUMBER.fullmatch(token) and float(token).is_integer():
+            return int(float(token))   # GUESS: 1.0 where an integer is expected is accepted
+        raise KxciError(-993)
+    return int(token)
+
+
+def _args(text: str) -> list[str]:
+    text = text.strip()
+    return [t.strip() for t in text.split(",")] if text else []
+
+
+def _count(args: list[str], *allowed: int) -> None:
+    if len(args) not in allowed:
+        raise KxciError(-993)
+
+
+def _e(x: float, digits: int = 6) -> str:
+    return f"{x:+.{digits - 1}E}"
+
+
+# ------------------------------------------------------------------------------ state
+
+@dataclass
+class _Smu:
+    output: tuple[float, float] | None = None   # (volts, |current compliance|) while on
+    source: str = "V"                            # V (DV) or I (DI)
+    level: float = 0.0                           # the programmed V or I
+    compliance: float = 0.0                      # the programmed Icomp or Vcomp
+    i_range: float = 0.0                         # RI: fixed measure range (0: auto)
+    in_compliance: bool = False
+
+
+@dataclass
+class _PmuChannel:
+    range_type: int = 0
+    i_range: float = PMU_AUTO_RANGE
+    source_range: float = 10.0
+    load: float = 1e6
+    output_on: bool = False
+    level: float = 0.0                           # level of the output while on
+    wfm: list[tuple[int, int]] = field(default_factory=list)
+    train: tuple[float, float] | None = None     # base, amplitude
+    times: tuple[float, float, float, float] | None = None  # period, width, rise, fall
+    data: list[tuple[float, float, float, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Segment:
+    t0: float
+    t1: float
+    v0: float
+    v1: float
+    measure: tuple[float, float] | None   # absolute (start, stop) of the measure window
+
+
+# -------------------------------------------------------------------------------- core
+
+class K4200ACore:
+    """The instrument side of a 4200A-SCS running KXCI, one message at a time."""
+
+    name = "K4200A"
+    read_termination = "\0"
+    message_ends = "\n\r\0"
+
+    def __init__(self, hardware: Hardware, *, smus: int = 4, pmus: int = 1, line_ending: str = "LF",
+                 idn: str = DEFAULT_IDN, transaction_s: float = 2e-4, settle_s: float = 1e-4):
+        if not 1 <= smus <= MAX_SMUS or not 0 <= pmus <= MAX_PMUS:
+            raise ValueError(f"4200A: {smus} SMUs and {pmus} PMUs do not fit (1-{MAX_SMUS}, 0-{MAX_PMUS})")
+        if line_ending not in LINE_ENDINGS:
+            raise ValueError(f"4200A line_ending {line_ending!r}: one of {', '.join(LINE_ENDINGS)}")
+        self.hardware = hardware
+        self.n_smus, self.n_pmus = smus, pmus
+        self.write_termination = LINE_ENDINGS[line_ending] + "\0"
+        self.idn = idn
+        self.transaction_s, self.settle_s = transaction_s, settle_s
+        self.clock = 0.0
+        self.last_error: int | None = None
+        self.syntax_error = False
+        self.data_ready = False
+        self._applied: dict[int, tuple[float, float] | None] = {}
+        self._handlers: dict[str, Callable[[list[str]], str | None]] = {
+            "*IDN?": self._idn, "ID": self._id, "*OPT?": self._opt, "*RST": self._rst, "SP": self._sp,
+            "BC": self._bc, ":ERROR:LAST:GET": self._error_get, ":ERROR:LAST:CLEAR": self._error_clear,
+            "US": self._page("US"), "DE": self._page("DE"), "SS": self._page("SS"), "SM": self._page("SM"),
+            "MD": self._page("MD"), "UL": self._page("UL"),
+            "DV": self._dv, "DI": self._di, "TV": self._tv, "TI": self._ti, "RI": self._ri, "RV": self._rv,
+            "RG": self._rg, "IT": self._it, "RS": self._rs, "EC": self._ec,
+            ":PMU:INIT": self._pmu_init, ":PMU:RPM:CONFIGURE": self._pmu_rpm,
+            ":PMU:MEASURE:RANGE": self._pmu_measure_range, ":PMU:MEASURE:MODE": self._pmu_measure_mode,
+            ":PMU:SOURCE:RANGE": self._pmu_source_range, ":PMU:LOAD": self._pmu_load,
+            ":PMU:SAMPLE:RATE": self._pmu_sample_rate, ":PMU:PULSE:TRAIN": self._pmu_train,
+            ":PMU:PULSE:TIMES": self._pmu_times, ":PMU:PULSE:BURST:COUNT": self._pmu_burst,
+            ":PMU:SARB:WFM:SEQ:LIST": self._pmu_wfm_list, ":PMU:OUTPUT:STATE": self._pmu_output,
+            ":PMU:EXECUTE": self._pmu_execute, ":PMU:ABORT": self._pmu_abort,
+            ":PMU:TEST:STATUS?": self._pmu_status, ":PMU:DATA:COUNT?": self._pmu_count,
+            ":PMU:DATA:GET": self._pmu_get,
+            **{f":PMU:SARB:SEQ:{name}": self._sarb(name) for name in SARB_ARRAYS},
+        }
+        self.reset()
+
+    @classmethod
+    def emulate(cls, hardware: Hardware, options: dict, timing) -> "K4200ACore":
+        """The core a bench file's instrument entry describes (options: smus, pmus, line_ending)."""
+        return cls(hardware, smus=int(options.get("smus", 4)), pmus=int(options.get("pmus", 1)),
+                   line_ending=str(options.get("line_ending", "LF")), idn=options.get("idn", DEFAULT_IDN),
+                   transaction_s=timing.transaction_s, settle_s=timing.settle_s)
+
+    # --- public -------------------------------------------------------------------------
+
+    def handle(self, message: str) -> list[str]:
+        """Execute one message; exactly one reply line."""
+        self._advance(self.transaction_s)
+        replies: list[str] = []
+        for command in message.split(";"):
+            command = command.strip()
+            if not command:
+                continue
+            try:
+                name, args = self._parse(command)
+                reply = self._handlers[name](args)
+            except KxciError as exc:
+                # GUESS: the failing command and the rest of the message are not executed,
+                # and the message is answered with the error instead of ACK
+                self.last_error, self.syntax_error = exc.code, True
+                return [exc.text]
+            if reply is not None:
+                replies.append(reply)
+        # GUESS: several queries in one message answer in one line, joined by ';'
+        return [";".join(replies) if replies else "ACK"]
+
+    def reset(self) -> None:
+        """*RST: SMUs off at 0 V, PMU outputs off, user mode settings to their defaults."""
+        self.page = "US"
+        self.smus = {k: _Smu() for k in range(1, self.n_smus + 1)}
+        self.integration_plc, self.digits, self.exit_on_compliance = 1.0, 5, False
+        self._pmu_reset(mode=0)
+        self._commit()
+
+    def outputs(self) -> dict[int, tuple[float, float] | None]:
+        out: dict[int, tuple[float, float] | None] = {k: s.output for k, s in self.smus.items()}
+        for ch, p in self.pmu.items():
+            out[self._pmu_hw(ch)] = (p.level, self._pmu_limit(p)) if p.output_on else None
+        return out
+
+    # --- framing helpers --------------------------------------------------------------------
+
+    def _parse(self, command: str) -> tuple[str, list[str]]:
+        upper = command.upper()
+        if upper.startswith(":"):
+            head, _, rest = command.partition(" ")
+            name = head.upper()
+            if name not in self._handlers:
+                raise KxciError(-992)
+            return name, _args(rest)
+        m = re.fullmatch(r"(\*?[A-Z]+\??)\s*(.*)", upper, re.S)
+        if not m or m.group(1) not in self._handlers:
+            raise KxciError(-992)
+        return m.group(1), _args(command[m.start(2):])
+
+    def _advance(self, seconds: float) -> None:
+        if seconds > 0:
+            self.hardware.advance(seconds)
+            self.clock += seconds
+
+    def _commit(self) -> None:
+        """Push every output that changed to the hardware; DC changes settle."""
+        now = self.outputs()
+        changed = {ch: out for ch, out in now.items() if self._applied.get(ch, "unset") != out}
+        if changed:
+            self.hardware.apply(changed)
+            self._applied.update(changed)
+            self._advance(self.settle_s)
+
+    # --- identity and status ----------------------------------------------------------------
+
+    def _idn(self, args):
+        _count(args, 0)
+        return self.idn
+
+    def _id(self, args):
+        _count(args, 0)
+        version = self.idn.split(",")[-1].strip()
+        return f"KI4200A {version}"
+
+    def _opt(self, args):
+        _count(args, 0)
+        cards = [f"SMU{k}" for k in range(1, self.n_smus + 1)] + [f"PMU{m}" for m in range(1, self.n_pmus + 1)]
+        return ",".join(cards)
+
+    def _rst(self, args):
+        _count(args, 0)
+        self.reset()
+        return None
+
+    def _sp(self, args):
+        _count(args, 0)
+        return str(STATUS_DATA_READY * self.data_ready + STATUS_SYNTAX_ERROR * self.syntax_error)
+
+    def _bc(self, args):
+        _count(args, 0)
+        self.data_ready = False
+        return None
+
+    def _error_get(self, args):
+        _count(args, 0)
+        return NO_ERROR if self.last_error is None else KxciError(self.last_error).text
+
+    def _error_clear(self, args):
+        _count(args, 0)
+        self.last_error, self.syntax_error = None, False
+        return None
+
+    def _page(self, page: str):
+        def select(args):
+            _count(args, 0)
+            self.page = page
+            return None
+        return select
+
+    # --- user mode: SMUs ------------------------------------------------------------------------
+
+    def _user_mode(self) -> None:
+        if self.page != "US":
+            raise KxciError(-995)
+
+    def _smu(self, token: str) -> int:
+        ch = _int(token)
+        if ch not in self.smus:
+            raise KxciError(-994)
+        return ch
+
+    def _dv(self, args):
+        self._user_mode()
+        _count(args, 1, 4)
+        ch = self._smu(args[0])
+        smu = self.smus[ch]
+        if len(args) == 1:   # DVch alone: the SMU off (pymeasure's disable)
+            self.smus[ch] = _Smu(i_range=smu.i_range)
+            self._commit()
+            return None
+        v_range, volts, icomp = _int(args[1]), _num(args[2]), _num(args[3])
+        if v_range not in DV_RANGES or abs(volts) > DV_RANGES[v_range] or not 0 < abs(icomp) <= SMU_I_MAX:
+            raise KxciError(-993)
+        smu.source, smu.level, smu.compliance = "V", volts, icomp
+        smu.output = (volts, abs(icomp))
+        self._commit()
+        return None
+
+    def _di(self, args):
+        """A current source into the bench's resistive network: the output voltage is the
+        level that drives the current, probed at 10 mV, clamped at the voltage compliance."""
+        self._user_mode()
+        _count(args, 1, 4)
+        ch = self._smu(args[0])
+        if len(args) == 1:
+            self.smus[ch] = _Smu(i_range=self.smus[ch].i_range)
+            self._commit()
+            return None
+        i_range, amps, vcomp = _int(args[1]), _num(args[2]), _num(args[3])
+        if i_range not in DI_RANGES or abs(amps) > DI_RANGES[i_range] or not 0 < abs(vcomp) <= SMU_V_MAX:
+            raise KxciError(-993)
+        smu = self.smus[ch]
+        probe = math.copysign(min(0.01, abs(vcomp)), amps or 1.0)
+        smu.output = (probe, abs(amps) or 1e-12)
+        self._commit()
+        conductance = abs(self.hardware.measure_current(ch, 0.0) / probe)
+        volts = amps / conductance if conductance > 0 else math.copysign(abs(vcomp), amps or 1.0)
+        volts = max(-abs(vcomp), min(abs(vcomp), volts))
+        smu.source, smu.level, smu.compliance = "I", amps, vcomp
+        smu.output = (volts, abs(amps) or 1e-12)
+        self._commit()
+        return None
+
+    def _integration_s(self) -> float:
+        return self.integration_plc / LINE_HZ
+
+    def _reading(self, ch: int, kind: str) -> str:
+        smu = self.smus[ch]
+        if smu.output is None:
+            value, status = 0.0, "N"
+        elif kind == "I":
+            value = self.hardware.measure_current(ch, self._integration_s())
+            self.clock += self._integration_s()
+            status = "N"
+            if smu.source == "V" and abs(value) >= abs(smu.compliance) * (1 - COMPLIANCE_TOLERANCE):
+                value, status = math.copysign(abs(smu.compliance), value), "C"
+            elif smu.i_range and abs(value) > smu.i_range * 1.05:
+                status = "V"   # GUESS: overflow above 105 % of a fixed range
+        else:
+            value = self.hardware.measure_voltage(ch, self._integration_s())
+            self.clock += self._integration_s()
+            status = "N"
+            if smu.source == "I" and abs(value) >= abs(smu.compliance) * (1 - COMPLIANCE_TOLERANCE):
+                status = "C"
+        smu.in_compliance = status == "C"
+        if status == "N" and any(s.in_compliance for k, s in self.smus.items() if k != ch):
+            status = "T"
+        self.data_ready = True
+        letter = "ABCDEFGH"[ch - 1]
+        return f"{status}{letter}{kind}{_e(value, self.digits)}"
+
+    def _tv(self, args):
+        self._user_mode()
+        _count(args, 1)
+        return self._reading(self._smu(args[0]), "V")
+
+    def _ti(self, args):
+        self._user_mode()
+        _count(args, 1)
+        return self._reading(self._smu(args[0]), "I")
+
+    def _ri(self, args):
+        """RIch,range,compliance: a fixed current measure range (0: auto)."""
+        self._user_mode()
+        _count(args, 3)
+        ch, rng, _ = self._smu(args[0]), abs(_num(args[1])), _num(args[2])
+        if rng > SMU_I_MAX:
+            raise KxciError(-993)
+        self.smus[ch].i_range = rng
+        return None
+
+    def _rv(self, args):
+        self._user_mode()
+        _count(args, 3)
+        self._smu(args[0])
+        if abs(_num(args[1])) > SMU_V_MAX or abs(_num(args[2])) > SMU_V_MAX:
+            raise KxciError(-993)
+        return None
+
+    def _rg(self, args):
+        self._user_mode()
+        _count(args, 2)
+        self._smu(args[0])
+        if abs(_num(args[1])) > SMU_I_MAX:
+            raise KxciError(-993)
+        return None
+
+    def _it(self, args):
+        _count(args, 1)
+        mode = _int(args[0])
+        if mode not in IT_PLC:
+            raise KxciError(-993)
+        self.integration_plc = IT_PLC[mode]
+        return None
+
+    def _rs(self, args):
+        _count(args, 1)
+        digits = _int(args[0])
+        if not 3 <= digits <= 7:
+            raise KxciError(-993)
+        self.digits = digits
+        return None
+
+    def _ec(self, args):
+        _count(args, 1)
+        value = _int(args[0])
+        if value not in (0, 1):
+            raise KxciError(-993)
+        self.exit_on_compliance = bool(value)
+        return None
+
+    # --- PMU ------------------------------------------------------------------------------------
+
+    def _pmu_reset(self, mode: int) -> None:
+        self.pmu_mode = mode
+        self.pmu = {ch: _PmuChannel() for ch in range(1, 2 * self.n_pmus + 1)}
+        self.sequences: dict[tuple[int, int], dict[str, list[float]]] = {}
+        self.burst_count = 1
+        self.measure_mode = 0
+        self.sample_rate = 200e6
+
+    def _pmu_hw(self, ch: int) -> int:
+        """Pulse channel 1, 2 of PMU1 (GUESS: 3, 4 of PMU2 ...) -> hardware channel 101, 102 ..."""
+        return 100 * ((ch + 1) // 2) + (ch - 1) % 2 + 1
+
+    def _pmu_limit(self, p: _PmuChannel) -> float:
+        return p.i_range if p.range_type else PMU_AUTO_RANGE
+
+    def _pmu_channel(self, token: str) -> int:
+        ch = _int(token)
+        if ch not in self.pmu:
+            raise KxciError(-994)
+        return ch
+
+    def _pmu_init(self, args):
+        _count(args, 1)
+        mode = _int(args[0])
+        if mode not in (0, 1) or not self.pmu:
+            raise KxciError(-993 if self.pmu else -994)
+        self._pmu_reset(mode)
+        self._commit()
+        return None
+
+    def _pmu_rpm(self, args):
+        _count(args, 2)
+        m = re.fullmatch(r"PMU(\d)-([12])", args[0].upper())
+        if not m or int(m.group(1)) > self.n_pmus or _int(args[1]) not in (0, 1, 2, 3):
+            raise KxciError(-993)
+        return None
+
+    def _pmu_measure_range(self, args):
+        _count(args, 2, 3)
+        p = self.pmu[self._pmu_channel(args[0])]
+        kind = _int(args[1])
+        if kind not in (0, 1, 2):
+            raise KxciError(-993)
+        if kind == 0:
+            p.range_type, p.i_range = 0, PMU_AUTO_RANGE
+            return None
+        if len(args) != 3:
+            raise KxciError(-993)
+        rng = _num(args[2])
+        match = [r for r in PMU_CURRENT_RANGES if math.isclose(r, rng, rel_tol=1e-6)]
+        if not match:
+            raise KxciError(-993)
+        p.range_type, p.i_range = kind, match[0]
+        return None
+
+    def _pmu_measure_mode(self, args):
+        _count(args, 1)
+        mode = _int(args[0])
+        if mode not in PMU_MEASURE_MODES:
+            raise KxciError(-993)
+        self.measure_mode = mode
+        return None
+
+    def _pmu_source_range(self, args):
+        _count(args, 2)
+        p = self.pmu[self._pmu_channel(args[0])]
+        rng = _int(args[1])
+        if rng not in PMU_SOURCE_RANGES:
+            raise KxciError(-993)
+        p.source_range = PMU_SOURCE_RANGES[rng]
+        return None
+
+    def _pmu_load(self, args):
+        _count(args, 2)
+        p = self.pmu[self._pmu_channel(args[0])]
+        load = _num(args[1])
+        if not 1.0 <= load <= 1e7:
+            raise KxciError(-993)
+        p.load = load
+        return None
+
+    def _pmu_sample_rate(self, args):
+        _count(args, 1)
+        rate = _num(args[0])
+        if not 1e3 <= rate <= 200e6:
+            raise KxciError(-993)
+        self.sample_rate = rate
+        return None
+
+    def _pmu_train(self, args):
+        """:PMU:PULSE:TRAIN ch,base,amplitude (GUESS: amplitude is the pulse top, absolute)."""
+        _count(args, 3)
+        p = self.pmu[self._pmu_channel(args[0])]
+        base, top = _num(args[1]), _num(args[2])
+        if max(abs(base), abs(top)) > p.source_range:
+            raise KxciError(-993)
+        p.train = (base, top)
+        return None
+
+    def _pmu_times(self, args):
+        """:PMU:PULSE:TIMES ch,period,width,rise,fall; the width is full width at half maximum."""
+        _count(args, 5)
+        p = self.pmu[self._pmu_channel(args[0])]
+        period, width, rise, fall = (_num(a) for a in args[1:])
+        if min(rise, fall) < PMU_SEGMENT_MIN_S or width < (rise + fall) / 2 + PMU_SEGMENT_MIN_S \
+                or period < width + (rise + fall) / 2 + PMU_SEGMENT_MIN_S or period > 1.0:
+            raise KxciError(-993)
+        p.times = (period, width, rise, fall)
+        return None
+
+    def _pmu_burst(self, args):
+        _count(args, 1)
+        count = _int(args[0])
+        if not 1 <= count <= 10000:
+            raise KxciError(-993)
+        self.burst_count = count
+        return None
+
+    def _sarb(self, name: str):
+        def set_array(args):
+            if self.pmu_mode != 1:
+                raise KxciError(-995)
+            if len(args) < 3 or len(args) - 2 > PMU_MAX_VALUES_PER_CALL:
+                raise KxciError(-993)
+            ch, seq = self._pmu_channel(args[0]), _int(args[1])
+            if not 1 <= seq <= PMU_MAX_SEQUENCES:
+                raise KxciError(-993)
+            values = [_num(a) for a in args[2:]]
+            if name == "TIME":
+                for t in values:
+                    steps = t / PMU_SEGMENT_RESOLUTION_S
+                    if t < PMU_SEGMENT_MIN_S * (1 - 1e-9) or abs(steps - round(steps)) > 1e-3:
+                        raise KxciError(-993)
+            elif name in ("STARTV", "STOPV"):
+                if any(abs(v) > self.pmu[ch].source_range for v in values):
+                    raise KxciError(-993)
+            elif name == "MEAS:TYPE":
+                if any(v not in (0, 1, 2, 3, 4) for v in values):
+                    raise KxciError(-993)
+            self.sequences.setdefault((ch, seq), {})[name] = values
+            return None
+        return set_array
+
+    def _pmu_wfm_list(self, args):
+        if self.pmu_mode != 1:
+            raise KxciError(-995)
+        if len(args) < 3 or len(args) % 2 == 0:
+            raise KxciError(-993)
+        ch = self._pmu_channel(args[0])
+        pairs = [(_int(s), _int(n)) for s, n in zip(args[1::2], args[2::2])]
+        for seq, loops in pairs:
+            if (ch, seq) not in self.sequences or not 1 <= loops <= 1e12:
+                raise KxciError(-996 if loops >= 1 else -993)
+        self.pmu[ch].wfm = pairs
+        return None
+
+    def _pmu_output(self, args):
+        _count(args, 2)
+        p = self.pmu[self._pmu_channel(args[0])]
+        state = _int(args[1])
+        if state not in (0, 1):
+            raise KxciError(-993)
+        p.output_on, p.level = bool(state), 0.0
+        self._commit()
+        return None
+
+    def _pmu_abort(self, args):
+        _count(args, 0)
+        for p in self.pmu.values():
+            p.output_on, p.level = False, 0.0
+        self._commit()
+        return None
+
+    def _pmu_status(self, args):
+        _count(args, 0)
+        return "0"   # a test runs to its end within EXECUTE
+
+    def _pmu_count(self, args):
+        _count(args, 1)
+        return str(len(self.pmu[self._pmu_channel(args[0])].data))
+
+    def _pmu_get(self, args):
+        _count(args, 1, 3)
+        data = self.pmu[self._pmu_channel(args[0])].data
+        start = _int(args[1]) if len(args) > 1 else 0
+        count = _int(args[2]) if len(args) > 2 else min(len(data) - start, PMU_MAX_POINTS_PER_GET)
+        if start < 0 or count < 0 or count > PMU_MAX_POINTS_PER_GET or start + count > len(data):
+            raise KxciError(-997)
+        points = data[start:start + count]
+        return ";".join(f"{_e(v)},{_e(i)},{_e(t)},{s}" for v, i, t, s in points)
+
+    # --- a PMU test -----------------------------------------------------------------------------
+
+    def _pmu_execute(self, args):
+        _count(args, 0)
+        channels = [ch for ch, p in self.pmu.items() if p.output_on]
+        if not channels:
+            raise KxciError(-996)
+        plans = {ch: self._plan(ch) for ch in channels}
+        for p in self.pmu.values():
+            p.data = []
+        self._run(plans)
+        return None
+
+    def _plan(self, ch: int) -> list[_Segment]:
+        """The segments one channel plays in this test, in absolute time."""
+        p = self.pmu[ch]
+        segments: list[_Segment] = []
+        t = 0.0
+        if self.pmu_mode == 1:
+            if not p.wfm:
+                raise KxciError(-996)
+            for seq, loops in p.wfm:
+                arrays = self.sequences[(ch, seq)]
+                if not all(k in arrays for k in ("TIME", "STARTV", "STOPV")):
+                    raise KxciError(-996)
+                n = len(arrays["TIME"])
+                kinds = arrays.get("MEAS:TYPE", [0.0] * n)
+                starts = arrays.get("MEAS:START", [0.0] * n)
+                stops = arrays.get("MEAS:STOP", arrays["TIME"])
+                if any(len(arrays[k]) != n for k in ("STARTV", "STOPV")) or \
+                        not len(kinds) == len(starts) == len(stops) == n:
+                    raise KxciError(-996)
+                if len(segments) + n * loops > PMU_MAX_SEGMENTS:
+                    raise KxciError(-993)
+                for _ in range(loops):
+                    for k in range(n):
+                        width = arrays["TIME"][k]
+                        window = None
+                        if kinds[k]:
+                            lo, hi = starts[k], stops[k]
+                            if not 0 <= lo < hi <= width * (1 + 1e-9):
+                                raise KxciError(-993)
+                            window = (t + lo, t + min(hi, width))
+                        segments.append(_Segment(t, t + width, arrays["STARTV"][k], arrays["STOPV"][k], window))
+                        t += width
+            for a, b in zip(segments, segments[1:]):   # segment ARB waveforms are continuous
+                if abs(a.v1 - b.v0) > 1e-9:
+                    raise KxciError(-993)
+            return segments
+        if p.train is None or p.times is None:
+            raise KxciError(-996)
+        base, top = p.train
+        period, width, rise, fall = p.times
+        flat = width - (rise + fall) / 2
+        for _ in range(self.burst_count):
+            top_start = t + rise
+            segments += [_Segment(t, t + rise, base, top, None),
+                         _Segment(top_start, top_start + flat, top, top, (top_start, top_start + flat)),
+                         _Segment(top_start + flat, top_start + flat + fall, top, base, None)]
+            t = top_start + flat + fall
+            rest = period - (rise + flat + fall)
+            segments.append(_Segment(t, t + rest, base, base, None))
+            t += rest
+        return segments
+
+    def _run(self, plans: dict[int, list[_Segment]]) -> None:
+        """Play the channels together on the hardware: the time line is cut at every segment
+        and measure-window edge; each piece is held at its mid-point levels (edges are short)."""
+        cuts = {0.0}
+        for segments in plans.values():
+            for s in segments:
+                cuts.update((s.t0, s.t1))
+                if s.measure:
+                    cuts.update(s.measure)
+        times = sorted(cuts)
+        cursor = {ch: 0 for ch in plans}
+        sums: dict[int, dict[int, list[float]]] = {ch: {} for ch in plans}   # segment index -> [∫I dt, T]
+        pulse: list[float] | None = None      # [start, peak, limit, weighted width]
+        start_clock = self.clock
+        for a, b in zip(times, times[1:]):
+            mid, dt = (a + b) / 2, b - a
+            levels, active, ramp = {}, {}, False
+            for ch, segments in plans.items():
+                while cursor[ch] < len(segments) and segments[cursor[ch]].t1 <= mid:
+                    cursor[ch] += 1
+                p = self.pmu[ch]
+                if cursor[ch] < len(segments):
+                    s = segments[cursor[ch]]
+                    frac = (mid - s.t0) / (s.t1 - s.t0) if s.t1 > s.t0 else 0.0
+                    p.level = s.v0 + (s.v1 - s.v0) * frac
+                    ramp = ramp or s.v0 != s.v1
+                    if s.measure and s.measure[0] <= mid <= s.measure[1]:
+                        active[ch] = cursor[ch]
+                else:
+                    p.level = segments[-1].v1 if segments else 0.0
+                levels[ch] = p.level
+            self._apply_pmu()
+            measured = False
+            for ch, index in active.items():
+                current = self.hardware.measure_current(self._pmu_hw(ch), 0.0 if measured else dt)
+                measured = True
+                acc = sums[ch].setdefault(index, [0.0, 0.0])
+                acc[0] += current * dt
+                acc[1] += dt
+            if not measured:
+                self.hardware.advance(dt)
+            # pulses: runs of time with any channel away from 0 V; a ramp counts half its time
+            peak = max((abs(v) for v in levels.values()), default=0.0)
+            if peak > 0:
+                limit = max(self._pmu_limit(self.pmu[ch]) for ch in plans)
+                weight = dt / 2 if ramp else dt
+                if pulse is None:
+                    pulse = [a, peak, limit, weight]
+                else:
+                    pulse[1], pulse[2], pulse[3] = max(pulse[1], peak), max(pulse[2], limit), pulse[3] + weight
+            elif pulse is not None:
+                self.hardware.note_pulse(pulse[1], pulse[3], pulse[2])
+                pulse = None
+        if pulse is not None:
+            self.hardware.note_pulse(pulse[1], pulse[3], pulse[2])
+        for ch, segments in plans.items():   # the outputs stay on at the last level
+            self.pmu[ch].level = segments[-1].v1 if segments else 0.0
+        self._apply_pmu()
+        self.clock = start_clock + (times[-1] if times else 0.0)
+        for ch, segments in plans.items():
+            p = self.pmu[ch]
+            for index in sorted(sums[ch]):
+                integral, span = sums[ch][index]
+                s = segments[index]
+                level = (s.v0 + s.v1) / 2
+                mean = integral / span if span else 0.0
+                status = 0
+                if abs(mean) > self._pmu_limit(p) * 1.05:
+                    status = 1   # GUESS: a status word, 1 = over range
+                p.data.append((level, mean, s.measure[0], status))
+        self.data_ready = True
+
+    def _apply_pmu(self) -> None:
+        outputs = {self._pmu_hw(ch): (p.level, self._pmu_limit(p)) for ch, p in self.pmu.items() if p.output_on}
+        changed = {ch: out for ch, out in outputs.items() if self._applied.get(ch) != out}
+        if changed:
+            self.hardware.apply(changed)
+            self._applied.update(changed)

@@ -1,0 +1,294 @@
+"""Property (steps 1 and 2 of the 4200A): whatever a caller sends through the K4200A driver's
+raw path (`write`, `send`, `query`) or its public methods (SMU levels and reads, PMU pulses
+and pulse-and-read sequences, the safe state), with any bench limits and in any order, the
+simulated hardware is never exposed beyond the limits, and no message the guard refused
+reaches the emulated instrument. Modelled on test_guard_property.py; the log checker here is
+written from the KXCI commands, independently of the driver's grammar."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings, target
+from hypothesis import strategies as st
+
+from drivers.e5250a import E5250A
+from drivers.errors import DriverError, LimitError
+from drivers.interfaces import PulseStep
+from drivers.k4200a import K4200A
+from drivers.limits import Limits
+from helpers import one_torch_thread  # noqa: F401
+from simulator.bench import Exposure, SimulatedBench
+from test_k4200a_emulator import bench_spec
+
+EXAMPLES = int(os.environ.get("MEMLAB_GUARD_EXAMPLES", "30"))
+TIMEOUT_S = 0.3
+EPS = 1e-9
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    with SimulatedBench(bench_spec()) as bench:
+        yield bench
+
+
+limits_st = st.builds(
+    Limits,
+    max_line_voltage=st.floats(0.3, 3.0),
+    max_device_voltage=st.floats(0.3, 3.0),
+    compliance_current=st.floats(1e-4, 0.02),
+    max_pulse_width=st.floats(2e-6, 0.02),
+    max_pulse_energy=st.floats(1e-10, 1e-4),
+)
+
+
+@dataclass(frozen=True)
+class Rel:
+    """A number relative to the example's limits: V device, L line, I compliance, W width,
+    P the peak at which a pulse at the compliance and width limits has `factor` x the energy."""
+
+    kind: str
+    factor: float
+
+    def value(self, limits: Limits) -> float:
+        scale = {"V": limits.max_device_voltage, "L": limits.max_line_voltage, "I": limits.compliance_current,
+                 "W": limits.max_pulse_width,
+                 "P": limits.max_pulse_energy / (limits.compliance_current * limits.max_pulse_width)}
+        return self.factor * scale[self.kind]
+
+
+@dataclass(frozen=True)
+class Message:
+    parts: tuple
+
+
+def resolve(x, limits: Limits):
+    if isinstance(x, Rel):
+        return x.value(limits)
+    if isinstance(x, Message):
+        return "".join(f"{resolve(p, limits):.6g}" if isinstance(p, Rel) else resolve(p, limits) for p in x.parts)
+    if isinstance(x, PulseStep):
+        return PulseStep(resolve(x.drive, limits), resolve(x.sense, limits), resolve(x.width, limits), x.measure)
+    if isinstance(x, (list, tuple)):
+        return type(x)(resolve(v, limits) for v in x)
+    if isinstance(x, dict):
+        return {k: resolve(v, limits) for k, v in x.items()}
+    return x
+
+
+edge = st.sampled_from([1.0, -1.0, 0.999, 1.001, 1.05, -1.05, 0.5, 0.0, 1.5, -2.0])
+factor = st.one_of(edge, st.floats(-1.3, 1.3))
+positive = st.one_of(st.sampled_from([1.0, 0.999, 1.001, 1.05, 0.5, 0.1, 0.01, 2.0]), st.floats(0.001, 1.3))
+rel_volts = st.builds(Rel, st.sampled_from(["V", "V", "L", "P"]), factor)
+rel_amps = st.builds(Rel, st.just("I"), positive)
+rel_width = st.builds(Rel, st.just("W"), positive)
+grid_width = st.sampled_from(["2e-8", "1e-6", "1e-5", "0.001", "0.02"])
+bad = st.sampled_from(["nan", "inf", "abc", "1e400", "", "--1", "0x10"])
+smu = st.one_of(st.integers(1, 4).map(str), st.sampled_from(["0", "5", "9", "a", ""]))
+pch = st.sampled_from(["1", "2", "1", "2", "3", "0"])
+
+
+def msg(*parts) -> st.SearchStrategy:
+    return st.tuples(*(p if isinstance(p, st.SearchStrategy) else st.just(p) for p in parts)).map(Message)
+
+
+def values(element, n=(1, 4)) -> st.SearchStrategy:
+    return st.lists(element, min_size=n[0], max_size=n[1]).map(
+        lambda vs: Message(tuple(p for k, v in enumerate(vs) for p in (((",",) if k else ()) + (v,)))))
+
+
+command = st.one_of(
+    msg("DV", smu, ",0,", st.one_of(rel_volts, bad), ",", st.one_of(rel_amps, bad)),
+    msg("DV", smu),
+    msg(":PMU:SARB:SEQ:", st.sampled_from(["TIME", "TIME"]), " ", pch, ",1,",
+        values(st.one_of(rel_width, grid_width))),
+    msg(":PMU:SARB:SEQ:", st.sampled_from(["STARTV", "STOPV"]), " ", pch, ",1,", values(rel_volts)),
+    msg(":PMU:MEASURE:RANGE ", pch, ",", st.sampled_from(["0", "1", "2"]), ",",
+        st.one_of(rel_amps, st.sampled_from(["1e-4", "1e-3", "0.01", "0.2"]))),
+    msg(":PMU:PULSE:TRAIN ", pch, ",", st.one_of(st.just("0"), rel_volts), ",", rel_volts),
+    msg(":PMU:PULSE:TIMES ", pch, ",", rel_width, ",", rel_width, ",1e-7,1e-7"),
+    msg(":PMU:OUTPUT:STATE ", pch, ",", st.sampled_from(["0", "1", "1"])),
+    msg(":PMU:SARB:WFM:SEQ:LIST ", pch, ",1,", st.sampled_from(["1", "2", "1000"])),
+    st.sampled_from([":PMU:EXECUTE", ":PMU:EXECUTE", ":PMU:INIT 1", ":PMU:INIT 0", ":PMU:ABORT", "*RST", "US", "DE",
+                     ":PMU:PULSE:BURST:COUNT 3", ":PMU:LOAD 1,50", ":PMU:LOAD 1,1e6", ":PMU:RPM:CONFIGURE PMU1-1,2",
+                     ":PMU:RPM:CONFIGURE PMU1-2,0", "DI1,0,1e-3,5", "RI1,1e-3,0.5", "TI1", "TV2", "SP", "*OPT?",
+                     ":ERROR:LAST:GET", ":ERROR:LAST:CLEAR", "XYZ 1", ":PMU:DATA:GET 2", "BC"]),
+)
+
+
+def joined(n: int) -> st.SearchStrategy:
+    return st.lists(command, min_size=1, max_size=n).map(
+        lambda cs: Message(tuple(p for k, c in enumerate(cs)
+                                 for p in ((";",) if k else ()) + (c.parts if isinstance(c, Message) else (c,)))))
+
+
+# a whole segment-ARB test on both channels, the likeliest message to put energy into a device
+arb = msg(":PMU:MEASURE:RANGE 1,2,", st.sampled_from(["1e-4", "1e-3", "0.01"]), ";:PMU:MEASURE:RANGE 2,2,1e-4",
+          ";:PMU:SARB:SEQ:TIME 1,1,2e-8,", st.one_of(rel_width, grid_width), ",2e-8",
+          ";:PMU:SARB:SEQ:STARTV 1,1,0,", rel_volts, ",", rel_volts,
+          ";:PMU:SARB:SEQ:STOPV 1,1,", rel_volts, ",", rel_volts, ",0",
+          ";:PMU:SARB:SEQ:TIME 2,1,2e-8,", st.one_of(rel_width, grid_width), ",2e-8",
+          ";:PMU:SARB:SEQ:STARTV 2,1,0,", rel_volts, ",", rel_volts,
+          ";:PMU:SARB:SEQ:STOPV 2,1,", rel_volts, ",", rel_volts, ",0",
+          ";:PMU:SARB:WFM:SEQ:LIST 1,1,1;:PMU:SARB:WFM:SEQ:LIST 2,1,", st.sampled_from(["1", "3"]),
+          ";:PMU:OUTPUT:STATE 1,1;:PMU:OUTPUT:STATE 2,", st.sampled_from(["0", "1"]), ";:PMU:EXECUTE")
+TERMINATORS = st.sampled_from(["\n", "\r", "\r\n", "\x00"])
+raw = st.one_of(joined(4), joined(4), arb, st.builds(
+    lambda m, t, tail: Message(m.parts + (t, tail)), joined(3), TERMINATORS,
+    st.sampled_from(["DV1,0,20,0.1", ":PMU:LOAD 1,50", ":PMU:OUTPUT:STATE 1,1;:PMU:EXECUTE"])))
+
+volts = st.one_of(rel_volts, st.sampled_from([0.0, 0.2, 20.0]))
+step = st.builds(PulseStep, volts, st.one_of(st.just(0.0), rel_volts),
+                 st.one_of(rel_width, st.sampled_from([1e-6, 1e-7, 5e-5])), st.booleans())
+step = st.one_of(step, st.builds(PulseStep, st.builds(Rel, st.just("V"), st.floats(-0.5, 0.5)), st.just(0.0),
+                                  st.sampled_from([1e-6, 2e-6]), st.just(True)))
+levels = st.dictionaries(st.integers(1, 4), volts, max_size=4)
+routes = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 8)), max_size=6)
+
+action = st.one_of(
+    st.tuples(st.sampled_from(["write", "send", "query"]), raw),
+    st.tuples(st.just("set_voltages"), levels),
+    st.tuples(st.just("measure_current"), st.integers(1, 4), levels),
+    st.tuples(st.just("run_sequence"), st.sampled_from([(101, 102), (102, 101), (101, 101), (1, 102)]),
+              st.lists(step, min_size=1, max_size=4)),
+    st.tuples(st.just("check_sequence"), st.sampled_from([(101, 102)]), st.lists(step, min_size=1, max_size=3)),
+    st.tuples(st.just("pulse"), st.sampled_from([101, 102, 1]), volts, rel_width),
+    st.tuples(st.sampled_from(["safe_state", "enable"])),
+    st.tuples(st.sampled_from(["connect", "disconnect"]), routes),
+    st.tuples(st.just("route")),
+)
+# every source on a line of its own: SMU1/PMU ch 1 on rows, SMU2/PMU ch 2 on columns
+ROUTE = [(1, 1), (2, 5), (5, 2), (6, 6), (3, 3), (4, 7)]
+
+
+def run_action(k: K4200A, sw: E5250A, act, limits: Limits) -> None:
+    kind, *args = resolve(act, limits)
+    calls = {"write": k.write, "send": k.send, "query": k.query, "set_voltages": k.set_voltages,
+             "measure_current": lambda ch, lv: k.measure_current(ch, levels=lv, then={c: 0.0 for c in lv}),
+             "run_sequence": lambda pair, steps: k.run_sequence(*pair, steps),
+             "check_sequence": lambda pair, steps: k.check_sequence(*pair, steps),
+             "pulse": lambda ch, v, w: k.pulse(ch, 0.0, v, w), "safe_state": k.safe_state,
+             "enable": lambda: k.enable([1, 2, 3, 4]),
+             "connect": lambda r: sw.connect(r), "disconnect": lambda r: sw.disconnect(r),
+             "route": lambda: sw.connect(ROUTE)}
+    try:
+        calls[kind](*args)
+        event(f"{kind} went through")
+    except (DriverError, ValueError, IndexError) as exc:
+        event(f"{kind} refused: {type(exc).__name__}")
+
+
+# --- the log checker (from the KXCI commands, not from the driver) ----------------------------
+
+SAFE = {"*IDN?", "ID", "*OPT?", "*RST", "SP", "BC", ":ERROR:LAST:GET", ":ERROR:LAST:CLEAR", "US", "DE", "SS", "SM",
+        "MD", "UL", "IT", "RS", "EC", "DV", "TV", "TI", ":PMU:INIT", ":PMU:RPM:CONFIGURE", ":PMU:MEASURE:RANGE",
+        ":PMU:MEASURE:MODE", ":PMU:SOURCE:RANGE", ":PMU:LOAD", ":PMU:SAMPLE:RATE", ":PMU:PULSE:TRAIN",
+        ":PMU:PULSE:TIMES", ":PMU:PULSE:BURST:COUNT", ":PMU:SARB:SEQ:TIME", ":PMU:SARB:SEQ:STARTV",
+        ":PMU:SARB:SEQ:STOPV", ":PMU:SARB:SEQ:MEAS:TYPE", ":PMU:SARB:SEQ:MEAS:START", ":PMU:SARB:SEQ:MEAS:STOP",
+        ":PMU:SARB:WFM:SEQ:LIST", ":PMU:OUTPUT:STATE", ":PMU:EXECUTE", ":PMU:ABORT", ":PMU:TEST:STATUS?",
+        ":PMU:DATA:COUNT?", ":PMU:DATA:GET"}
+
+
+def check_log(messages: list[str], limits: Limits) -> None:
+    for message in messages:
+        for cmd in (c.strip() for c in message.split(";") if c.strip()):
+            if cmd.startswith(":"):
+                name, _, rest = cmd.partition(" ")
+            else:
+                m = re.match(r"(\*?[A-Z]+\??)(.*)$", cmd)
+                assert m, cmd
+                name, rest = m.groups()
+            assert name in SAFE, f"unchecked command reached the 4200A: {cmd!r}"
+            args = [a.strip() for a in rest.split(",")] if rest.strip() else []
+            if name == "DV" and len(args) > 1:
+                assert abs(float(args[2])) <= limits.max_line_voltage + EPS, cmd
+                assert abs(float(args[3])) <= limits.compliance_current + EPS, cmd
+            elif name in (":PMU:SARB:SEQ:STARTV", ":PMU:SARB:SEQ:STOPV", ":PMU:PULSE:TRAIN"):
+                # a set-up array may hold anything: only EXECUTE plays it, and the exposure says what it did
+                pass
+            elif name == ":PMU:LOAD":
+                assert float(args[1]) >= 1e6, cmd
+            elif name == ":PMU:RPM:CONFIGURE":
+                assert args[1] == "0", cmd
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(limits=limits_st, actions=st.lists(action, max_size=12))
+def test_nothing_outside_the_limits_reaches_the_4200a(emulated, limits, actions):
+    bench = emulated
+    server = bench.servers["analyzer"]
+    k = K4200A(bench.resources["analyzer"], name="analyzer", limits=limits, timeout_s=5)
+    sw = E5250A(bench.resources["switch"], name="switch", timeout_s=5)
+    refused, accepted = set(), set()
+    write = k.write
+
+    def recording_write(message: str) -> None:
+        try:
+            write(message)
+        except LimitError:
+            refused.add(message)
+            raise
+        accepted.add(message)
+
+    k.write = recording_write
+    try:
+        k.initialize()
+        sw.initialize()
+        k.set_timeout(TIMEOUT_S)
+        start = len(server.received())
+        with bench.lock:
+            bench.exposure = Exposure()
+            bench.hazards.clear()
+        for act in actions:
+            run_action(k, sw, act, limits)
+    finally:
+        k.set_timeout(5)
+        for inst in (k, sw):
+            try:
+                inst.safe_state()
+            except DriverError:
+                pass
+            inst.close()
+    e = bench.exposure
+    target(e.device_voltage / limits.max_device_voltage, label="device voltage / limit")
+    target(e.pulse_energy / limits.max_pulse_energy, label="pulse energy / limit")
+    event(f"pulses applied: {min(e.pulses, 3)}{'+' if e.pulses >= 3 else ''}")
+    assert e.line_voltage <= limits.max_line_voltage + EPS, (e, limits)
+    assert e.device_voltage <= limits.max_device_voltage + EPS, (e, limits)
+    assert e.compliance <= limits.compliance_current + EPS, (e, limits)
+    assert e.pulse_width <= limits.max_pulse_width * (1 + 1e-9), (e, limits)
+    assert e.pulse_energy <= limits.max_pulse_energy * (1 + 1e-9), (e, limits)
+    assert bench.hazards == []
+    received = server.received()[start:]
+    check_log(received, limits)
+    assert not (set(received) & refused) - accepted, "a refused message reached the instrument"
+    assert all(v is None for v in bench.source_outputs().values())
+
+
+def test_the_property_is_not_vacuous(emulated):
+    """Past the guard, the same checks see a breach: the exposure and the log checker."""
+    bench = emulated
+    limits = Limits(max_line_voltage=1.0, max_device_voltage=1.0, max_pulse_width=1e-5, max_pulse_energy=1e-9)
+    k = K4200A(bench.resources["analyzer"], name="analyzer", limits=limits, timeout_s=2)
+    try:
+        k.initialize()
+        with bench.lock:
+            bench.exposure = Exposure()
+        k._res.write(":PMU:MEASURE:RANGE 1,2,0.01;:PMU:SARB:SEQ:TIME 1,1,2e-8,1e-4,2e-8;"
+                     ":PMU:SARB:SEQ:STARTV 1,1,0,2,2;:PMU:SARB:SEQ:STOPV 1,1,2,2,0;:PMU:SARB:WFM:SEQ:LIST 1,1,1;"
+                     ":PMU:OUTPUT:STATE 1,1;:PMU:EXECUTE")            # straight to the socket
+        assert k.read() == "ACK"
+        e = bench.exposure
+        assert e.line_voltage == pytest.approx(2.0) and e.pulse_width > limits.max_pulse_width
+        assert e.pulse_energy > limits.max_pulse_energy
+        with pytest.raises(AssertionError):
+            check_log(["US;DV1,0,2,0.01"], limits)
+        with pytest.raises(AssertionError):
+            check_log(["DI1,0,1e-3,5"], limits)
+    finally:
+        k.safe_state()
+        k.close()

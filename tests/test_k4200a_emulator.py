@@ -1,0 +1,232 @@
+"""The emulated 4200A-SCS (KXCI on a LAN socket) seen through a raw TCP socket: framing, one
+reply per message, identity, user-mode SMUs and their readings, errors, and the 4225-PMU
+shaping its waveforms on the simulated bench."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from helpers import one_torch_thread  # noqa: F401
+from simulator.bench import SimulatedBench
+from simulator.spec import SimBenchSpec
+
+READING = re.compile(r"^[NCTVXL][A-H][VI][+-]\d\.\d{4}E[+-]\d\d$")
+
+
+def bench_spec(**options) -> SimBenchSpec:
+    """A 4x4 crossbar: SMU1-4 on switch inputs 1-4, PMU1's channels 101, 102 on inputs 5, 6."""
+    return SimBenchSpec(
+        rows=4, cols=4, seed=3, switch="switch", row_ports=[1, 2, 3, 4], col_ports=[5, 6, 7, 8],
+        instruments=[{"name": "analyzer", "type": "keithley_4200a", "options": options},
+                     {"name": "switch", "type": "keysight_e5250a", "options": {"cards": 1}}],
+        cables=[{"instrument": "analyzer", "channel": ch, "input": inp}
+                for ch, inp in [(1, 1), (2, 2), (3, 3), (4, 4), (101, 5), (102, 6)]])
+
+
+class Wire:
+    """A raw socket to one emulated instrument; `ask` returns the reply bytes up to the NUL."""
+
+    def __init__(self, server, end: bytes = b"\0"):
+        self.sock = socket.create_connection((server.host, server.port), timeout=5)
+        self.end, self.buffer = end, b""
+
+    def ask(self, message: str, end: bytes | None = None) -> bytes:
+        self.sock.sendall(message.encode() + (self.end if end is None else end))
+        while b"\0" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            self.buffer += chunk
+        reply, self.buffer = self.buffer.split(b"\0", 1)
+        return reply
+
+    def text(self, message: str) -> str:
+        return self.ask(message).decode().strip("\r\n")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def rig(request):
+    options = getattr(request, "param", {})
+    with SimulatedBench(bench_spec(**options)) as bench:
+        wire = Wire(bench.servers["analyzer"])
+        switch = Wire(bench.servers["switch"], end=b"\n")
+        yield bench, wire, switch
+        wire.close()
+        switch.close()
+
+
+# SMU3 on the other rows, SMU4 on the other columns: held at 0 V, no sneak paths
+GROUND_THE_REST = ((3, 2), (3, 3), (3, 4), (4, 6), (4, 7), (4, 8))
+
+
+def route(switch: Wire, *pairs) -> None:
+    """Close relays with raw E5250A SCPI (its replies end at LF, not NUL: no reply expected)."""
+    switch.sock.sendall((":ROUT:CLOS (@" + ",".join(f"0{i:02d}{o:02d}" for i, o in pairs) + ")\n").encode())
+    switch.sock.sendall(b"*OPC?\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        data += switch.sock.recv(100)
+
+
+@pytest.mark.parametrize("rig, ending", [({"line_ending": "LF"}, b"\n"), ({"line_ending": "CR"}, b"\r"),
+                                         ({"line_ending": "CRLF"}, b"\r\n"), ({"line_ending": "none"}, b"")],
+                         indirect=["rig"])
+def test_every_reply_ends_with_the_line_ending_then_a_nul(rig, ending):
+    _, wire, _ = rig
+    assert wire.ask("US;DV1,0,0.1,1e-3;DV1") == b"ACK" + ending   # a compound message: one ACK
+    assert wire.ask("SP") == b"0" + ending
+    assert wire.buffer == b"", "exactly one reply per message"
+
+
+def test_messages_end_at_lf_cr_or_nul(rig):
+    _, wire, _ = rig
+    assert wire.ask("ID", end=b"\n").startswith(b"KI4200A V")
+    assert wire.ask("*IDN?", end=b"\r").startswith(b"KEITHLEY INSTRUMENTS,KI4200A,")
+    assert wire.ask("*OPT?", end=b"\0") == b"SMU1,SMU2,SMU3,SMU4,PMU1\n"
+
+
+@pytest.mark.parametrize("rig", [{"smus": 2, "pmus": 2}], indirect=True)
+def test_options_list_the_cards_the_bench_file_gives(rig):
+    _, wire, _ = rig
+    assert wire.text("*OPT?") == "SMU1,SMU2,PMU1,PMU2"
+    assert wire.text("US;DV3,0,0.1,1e-3").endswith("(-994)")   # no SMU3
+
+
+def test_an_invalid_command_is_an_error_and_the_rest_of_its_message_does_not_run(rig):
+    bench, wire, _ = rig
+    reply = wire.text("US;XYZ 1;DV1,0,0.5,1e-3")
+    assert reply == "KXCI command error. (-992)"
+    assert bench.source_outputs().get(("analyzer", 1)) is None, "DV after the bad command ran"
+    assert int(wire.text("SP")) & 2, "syntax error bit"
+    assert wire.text(":ERROR:LAST:GET") == "KXCI command error. (-992)"
+    assert wire.text(":ERROR:LAST:CLEAR") == "ACK"
+    assert wire.text(":ERROR:LAST:GET") == "No error. (0)"
+    assert wire.text("SP") == "0"
+
+
+@pytest.mark.parametrize("command", ["DV1,0,250,1e-3", "DV1,0,1,0.2", "DV1,0,1,0", "DV1,9,1,1e-3", "DV1,0,abc,1e-3",
+                                     "DV1,0,1", "DV0,0,1,1e-3", "TI9", "IT7", "RS9"])
+def test_out_of_range_or_malformed_user_mode_commands_are_refused(rig, command):
+    bench, wire, _ = rig
+    assert re.fullmatch(r".+\. \(-99\d\)", wire.text("US;" + command))
+    assert all(v is None for v in bench.source_outputs().values())
+
+
+def test_user_mode_outside_its_page_is_an_error(rig):
+    _, wire, _ = rig
+    assert wire.text("DE;DV1,0,0.1,1e-3") == "Command not valid in this mode. (-995)"
+    assert wire.text("US;DV1,0,0.1,1e-3") == "ACK"
+
+
+def test_spot_current_is_the_device_current_and_compliance_shows_in_the_status(rig):
+    bench, wire, switch = rig
+    route(switch, (1, 1), (2, 5), *GROUND_THE_REST)   # SMU1 on row 0, SMU2 on column 0
+    g = float(bench.conductances()[0, 0])
+    assert wire.text("US;DV3,0,0,1e-3;DV4,0,0,1e-3;DV2,0,0,1e-3;DV1,0,0.2,1e-3") == "ACK"
+    reply = wire.text("TI2")
+    assert READING.match(reply) and reply.startswith("NBI")
+    assert float(reply[3:]) == pytest.approx(-0.2 * g, rel=0.05)   # into the DUT from SMU2: negative
+    row = float(bench.conductances()[0, :].sum())
+    assert float(wire.text("TI1")[3:]) == pytest.approx(0.2 * row, rel=0.05)
+    assert wire.text("TV1") == "NAV+2.0000E-01"
+    wire.text("DV1,0,0.2,1e-6")                      # a compliance far below the device current
+    reply = wire.text("TI1")
+    assert reply == "CAI+1.0000E-06"
+    assert wire.text("TI2").startswith("TBI"), "another channel is in compliance"
+    assert int(wire.text("SP")) & 1, "data ready"
+    assert wire.text("BC") == "ACK" and wire.text("SP") == "0"
+
+
+def test_rs_sets_the_digits_of_a_reading(rig):
+    _, wire, _ = rig
+    wire.text("US;DV1,0,0.125,1e-3;RS7")
+    assert wire.text("TV1") == "NAV+1.250000E-01"
+
+
+def test_dv_alone_switches_the_smu_off_and_rst_switches_all_off(rig):
+    bench, wire, _ = rig
+    wire.text("US;DV1,0,0.3,1e-3;DV2,0,-0.1,1e-3")
+    assert bench.source_outputs()[("analyzer", 1)] == (0.3, 1e-3)
+    wire.text("DV1")
+    assert bench.source_outputs()[("analyzer", 1)] is None
+    wire.text("*RST")
+    assert all(v is None for v in bench.source_outputs().values())
+
+
+def test_di_forces_a_current_through_the_device(rig):
+    bench, wire, switch = rig
+    route(switch, (1, 1), (2, 5), *GROUND_THE_REST)
+    row = float(bench.conductances()[0, :].sum())   # row 0 sees every column at 0 V
+    wire.text("US;DV3,0,0,1e-3;DV4,0,0,1e-3;DV2,0,0,1e-3;DI1,0,2e-6,1")
+    assert float(wire.text("TV1")[3:]) == pytest.approx(2e-6 / row, rel=0.05)
+    wire.text("DI1,0,1e-3,0.5")                      # needs far more than 0.5 V: clamped, in compliance
+    assert wire.text("TV1") == "CAV+5.0000E-01"
+
+
+# --- the PMU ------------------------------------------------------------------------------------
+
+def sarb(wire: Wire, ch: int, times, start, stop, kinds=None, mstart=None, mstop=None) -> None:
+    n = len(times)
+    arrays = {"TIME": times, "STARTV": start, "STOPV": stop, "MEAS:TYPE": kinds or [0] * n,
+              "MEAS:START": mstart or [0] * n, "MEAS:STOP": mstop or [0] * n}
+    for name, values in arrays.items():
+        assert wire.text(f":PMU:SARB:SEQ:{name} {ch}, 1, " + ", ".join(f"{v:g}" for v in values)) == "ACK"
+
+
+def test_segment_arb_shapes_the_pulse_on_the_bench_and_measures_the_read(rig):
+    bench, wire, switch = rig
+    route(switch, (5, 1), (6, 5), *GROUND_THE_REST)   # PMU ch 1 on row 0, ch 2 on column 0
+    g = float(bench.conductances()[0, 0])
+    assert wire.text("US;DV3,0,0,1e-3;DV4,0,0,1e-3;:PMU:INIT 1;:PMU:RPM:CONFIGURE PMU1-1, 0;:PMU:MEASURE:RANGE 2, 2, 1e-3") == "ACK"
+    times = [2e-8, 1e-6, 2e-8, 1e-6]
+    sarb(wire, 1, times, [0, 0.2, 0.2, 0], [0.2, 0.2, 0, 0])
+    sarb(wire, 2, times, [0] * 4, [0] * 4, kinds=[0, 1, 0, 0], mstop=[0, 1e-6, 0, 0])
+    for ch in (1, 2):
+        assert wire.text(f":PMU:SARB:WFM:SEQ:LIST {ch}, 1, 1;:PMU:OUTPUT:STATE {ch}, 1") == "ACK"
+    start_clock = bench.clock
+    assert wire.text(":PMU:EXECUTE") == "ACK"
+    assert bench.clock - start_clock >= sum(times)
+    assert wire.text(":PMU:TEST:STATUS?") == "0"
+    e = bench.exposure
+    assert e.pulses == 1
+    assert e.pulse_width == pytest.approx(1e-6 + 2e-8)   # full width at half maximum
+    assert e.line_voltage == pytest.approx(0.2)
+    assert wire.text(":PMU:DATA:COUNT? 2") == "1" and wire.text(":PMU:DATA:COUNT? 1") == "0"
+    v, i, t, status = wire.text(":PMU:DATA:GET 2").split(",")
+    assert float(v) == 0 and status == "0" and float(t) == pytest.approx(2e-8)
+    assert float(i) == pytest.approx(-0.2 * g, rel=0.05)
+    assert wire.text(":PMU:DATA:GET 2, 0, 2") == "Data not available. (-997)"
+    assert wire.text(":PMU:OUTPUT:STATE 1, 0;:PMU:OUTPUT:STATE 2, 0") == "ACK"
+    assert bench.source_outputs()[("analyzer", 101)] is None
+
+
+def test_segment_arb_refuses_what_the_instrument_refuses(rig):
+    _, wire, _ = rig
+    assert wire.text(":PMU:INIT 1") == "ACK"
+    assert wire.text(":PMU:SARB:SEQ:TIME 1, 1, 1e-8").endswith("(-993)")          # under 20 ns
+    assert wire.text(":PMU:SARB:SEQ:TIME 1, 1, 25e-9").endswith("(-993)")         # not on the 10 ns grid
+    assert wire.text(":PMU:SARB:SEQ:STARTV 1, 1, 11").endswith("(-993)")          # beyond the 10 V range
+    assert wire.text(":PMU:SARB:SEQ:TIME 1, 1, " + ",".join(["1e-6"] * 129)).endswith("(-993)")
+    assert wire.text(":PMU:SARB:WFM:SEQ:LIST 1, 7, 1").endswith("(-996)")         # no sequence 7
+    assert wire.text(":PMU:EXECUTE").endswith("(-996)")                           # no output on
+    sarb(wire, 1, [1e-6, 1e-6], [0, 1], [0.5, 1])                                # a jump at 0.5 -> 1 V
+    wire.text(":PMU:SARB:WFM:SEQ:LIST 1, 1, 1;:PMU:OUTPUT:STATE 1, 1")
+    assert wire.text(":PMU:EXECUTE").endswith("(-993)")
+
+
+def test_a_pulse_train_gives_one_pulse_per_burst_count(rig):
+    bench, wire, switch = rig
+    route(switch, (5, 1), (6, 5))
+    assert wire.text(":PMU:INIT 0;:PMU:MEASURE:RANGE 1, 2, 1e-2;:PMU:PULSE:TRAIN 1, 0, 0.5;"
+                     ":PMU:PULSE:TIMES 1, 1e-5, 2e-6, 1e-7, 1e-7;:PMU:PULSE:BURST:COUNT 5;"
+                     ":PMU:OUTPUT:STATE 1, 1;:PMU:EXECUTE") == "ACK"
+    e = bench.exposure
+    assert e.pulses == 5
+    assert e.pulse_width == pytest.approx(2e-6)
+    assert e.pulse_energy == pytest.approx(0.5 * 1e-2 * 2e-6)
+    assert wire.text(":PMU:DATA:COUNT? 1") == "5"
