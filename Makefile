@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# the full published reproductions (slow-marked tests: about 3 minutes on 2 cores)
+# the full published reproductions (slow-marked tests: 11 minutes measured on a busy 2-core machine)
 reproduce: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
