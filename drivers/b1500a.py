@@ -34,6 +34,13 @@ SWEEP_MAX_STEPS = 10001
 ALL_SPGU = frozenset(slot * 100 + k for slot in SLOTS for k in (1, 2))
 
 _ERROR_REPLY = re.compile(r'^[+-]?\d+\s*,\s*".*"$')
+_REPLYING = frozenset({"XE", "TI", "TV", "TTI", "TTV", "TIV", "TTIV", "TSQ"})
+
+
+def _answers(command: str) -> bool:
+    """Whether a FLEX command puts a reply line in the output buffer."""
+    m = re.match(r"\s*(\*?[A-Za-z]+\??)", command)
+    return bool(m) and (m.group(1).endswith("?") or m.group(1).upper() in _REPLYING)
 _FIELD = re.compile(r"^([A-Z])([A-J Z])([A-Za-z])([+-]\d{3}\.\d{3}E[+-]\d{2})$")
 
 
@@ -111,6 +118,14 @@ class SpguSetup:
     load: float | None = None
     levels: dict[int, tuple[float, float]] = field(default_factory=dict)     # SPV source -> base, peak
     timing: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)  # SPT
+    # a message that may have changed this channel was not confirmed: what is not set here is
+    # unknown (not as the reset left it) and must be set again before the channel puts it out
+    doubted: bool = False
+
+    @property
+    def pristine(self) -> bool:
+        """As the connect reset left it: DC at 0 V."""
+        return self == SpguSetup()
 
 
 _NAME = re.compile(r"^\s*(\*?[A-Za-z]+\??)(.*)$", re.S)
@@ -559,7 +574,7 @@ class FlexGrammar(Grammar[FlexState]):
         channels = [self._spgu_ch(a, where) for a in args] if args else list(s.spgu)
         for ch in channels:
             setup = s.spgu.setdefault(ch, SpguSetup())
-            if setup == SpguSetup():
+            if setup.pristine:
                 continue    # as the connect reset left it: DC at 0 V
             self._ready(s, ch, setup, where, pulses=False)
             line = self._base_line(setup)
@@ -579,10 +594,15 @@ class FlexGrammar(Grammar[FlexState]):
         pulsing = {}
         for ch in sorted(s.spgu_on):
             setup = s.spgu.get(ch)
-            if setup is None or setup == SpguSetup():
+            if setup is None or setup.pristine:
                 continue    # as the connect reset left it: DC at 0 V
+            if setup.mode is None and setup.doubted:
+                raise LimitError(f"{where}SPGU channel {ch}: output mode unknown after a message that was not "
+                                 f"confirmed (SPM again)")
             if setup.mode in (None, 0):
-                if 0 in setup.levels:   # a DC channel may put out its DC level as the run starts
+                # a DC channel may put out its DC level as the run starts (a doubted one: unknown
+                # unless set again)
+                if 0 in setup.levels or setup.doubted:
                     self._ready(s, ch, replace(setup, mode=0), where, pulses=False)
                     line = self._line(setup, setup.levels[0][0])
                     self._dc_level(s, ch, line, where)
@@ -675,12 +695,24 @@ class FlexGrammar(Grammar[FlexState]):
             wm=same(before.wm, after.wm), mt=same(before.mt, after.mt),
             mv={k: v for k, v in after.mv.items() if before.mv.get(k) == v},
             msc=same(before.msc, after.msc),
-            spgu={k: copy.deepcopy(v) for k, v in after.spgu.items() if before.spgu.get(k) == v},
+            spgu={k: _doubt_setup(before.spgu.get(k), after.spgu.get(k)) for k in set(before.spgu) | set(after.spgu)},
             spgu_levels={k: same(before.spgu_levels.get(k, 0.0), after.spgu_levels.get(k, 0.0))
                          for k in set(before.spgu_levels) | set(after.spgu_levels)},
             spgu_on=before.spgu_on | after.spgu_on,   # on in either: may be on
             sim=same(before.sim, after.sim), period=same(before.period, after.period),
             sprm=same(before.sprm, after.sprm))
+
+
+def _doubt_setup(a: SpguSetup | None, b: SpguSetup | None) -> SpguSetup:
+    """One SPGU channel after a message that may or may not have run: what differs is unknown.
+    (Dropping the channel would read as the reset's DC 0 V: a pulse set-up nobody checked.)"""
+    a, b = a or SpguSetup(), b or SpguSetup()
+    if a == b:
+        return copy.deepcopy(a)
+    same = lambda x, y: copy.deepcopy(x) if x == y else None  # noqa: E731
+    return SpguSetup(mode=same(a.mode, b.mode), load=same(a.load, b.load),
+                     levels={k: v for k, v in b.levels.items() if a.levels.get(k) == v},
+                     timing={k: v for k, v in b.timing.items() if a.timing.get(k) == v}, doubted=True)
 
 
 def _combinations(levels: dict[int, set[float]]):
@@ -794,6 +826,22 @@ class B1500A(VisaInstrument, SourceMeter):
         return Measurement(field_.value, field_.in_compliance)
 
     # --- messaging ------------------------------------------------------------------------
+
+    def write(self, message: str) -> None:
+        """As VisaInstrument.write; a message that makes the analyzer answer (a query, a
+        measurement, XE) leaves a reply owed, so that the next query drains whatever of it a
+        caller of this raw path did not read (else that query would take it for its own,
+        and confirm to the guard a message the instrument may not have carried out)."""
+        super().write(message)
+        if any(_answers(c) for c in message.split(";")):
+            self._awaiting_reply = True
+
+    def _parse_error(self, reply: str) -> tuple[int, str]:
+        try:
+            return super()._parse_error(reply)
+        except ReplyError:
+            self._awaiting_reply = True   # out of step: the error query's own answer may follow
+            raise
 
     def measure(self, message: str) -> list[Reading]:
         """A measurement query, with the error queue read at its end in the same round trip

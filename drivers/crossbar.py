@@ -137,7 +137,8 @@ def fast_levels(p: PulseWiring, voltage: float, scheme: Scheme | None) -> tuple[
 class InstrumentCrossbar(Crossbar):
     """`pulser`: a fast pulse source cabled as `wiring.pulse` (None: SMU spot pulses only).
     `fast=False` keeps every read and pulse on the SMUs; `keep_routes=False` opens every
-    relay after each operation (the naive orderings bench-time benchmarks compare against)."""
+    relay whenever the device changes (the naive ordering bench-time benchmarks compare
+    against)."""
 
     def __init__(self, source: SourceMeter, switch: SwitchMatrix, wiring: Wiring, limits: Limits,
                  *, read_voltage: float = 0.2, pulser: PulseSource | None = None,
@@ -156,6 +157,12 @@ class InstrumentCrossbar(Crossbar):
         self._levels_unknown = False  # set when returning a source to 0 V may have failed
         self.relay_ops = 0            # relays closed or opened by this crossbar
         self.reconnects = 0
+        self._device: tuple[int, int] | None = None   # the device the relays are routed to
+
+    @property
+    def round_trips(self) -> int:
+        """Times the host has waited for an instrument, over every instrument."""
+        return sum(getattr(inst, "round_trips", 0) for inst in self.instruments)
 
     @property
     def instruments(self) -> list:
@@ -258,17 +265,13 @@ class InstrumentCrossbar(Crossbar):
         wanted |= {(sel_col if c == col else other_col, port) for c, port in enumerate(w.columns)}
         closed = set(self.switch.closed)
         stale = closed - wanted
-        if not self.keep_routes:
+        if not self.keep_routes and self._device != (row, col):
             stale = closed
+        self._device = (row, col)
         self.switch.disconnect(stale)  # break before make
         self.relay_ops += len(stale)
         self.relay_ops += len(wanted - (closed - stale))
         self.switch.connect(wanted)
-
-    def _after_operation(self) -> None:
-        if not self.keep_routes:
-            self.relay_ops += len(self.switch.closed)
-            self.switch.open_all()
 
     # --- the fast path ------------------------------------------------------------------
 
@@ -288,20 +291,23 @@ class InstrumentCrossbar(Crossbar):
             steps += [PulseStep(*read, self.read_width, measure=True)] * reads
         if len(steps) > self.pulser.max_steps:
             return None
+        channels = self.wiring.pulse.drive.channel, self.wiring.pulse.sense.channel
         try:
-            self.pulser.check_sequence(self.wiring.pulse.drive.channel, self.wiring.pulse.sense.channel, steps)
-        except (LimitError, ValueError):
-            return None   # e.g. wider than the pulse source takes: the SMUs will do it
+            self.pulser.check_sequence(*channels, steps)
+        except ValueError:
+            return None   # a sequence this pulse source cannot make (e.g. its timing): the SMUs will try
+        except LimitError:
+            # after a failed message its guard may not know the levels: from the safe state,
+            # again; refused still, it is the limits, and the caller is told
+            self.pulser.safe_state()
+            self.pulser.check_sequence(*channels, steps)
         return steps
 
     def _run_fast(self, row: int, col: int, steps: list[PulseStep], scheme: Scheme | None = None) -> list[float]:
         """Conductances read by the measuring steps."""
         self._route(row, col, fast=True, scheme=scheme)
         p = self.wiring.pulse
-        try:
-            currents = self.pulser.run_sequence(p.drive.channel, p.sense.channel, steps)
-        finally:
-            self._after_operation()
+        currents = self.pulser.run_sequence(p.drive.channel, p.sense.channel, steps)
         return [-i / self.read_voltage for i in currents]   # the sense channel sinks the device current
 
     def _read(self, row: int, col: int, v: float) -> Read:
@@ -323,8 +329,6 @@ class InstrumentCrossbar(Crossbar):
         except BaseException:
             self._zero({ch["drive"]: 0.0})
             raise
-        finally:
-            self._after_operation()
         self._levels_unknown = False
         current = -m.value  # the sense SMU sinks the device current
         return Read(row, col, v, current, current / v)
@@ -383,8 +387,6 @@ class InstrumentCrossbar(Crossbar):
                 # after a failed message the guard no longer knows the levels, and refuses a
                 # staircase it cannot bound: every bias straight to 0 V, which it always allows
                 self._zero({c: 0.0 for c in ch.values()})
-            finally:
-                self._after_operation()
         return Pulse(row, col, voltage, width, str(scheme), m.value, m.compliance)
 
     def _staircase(self, row_bias: float, col_bias: float, down: bool = False) -> list[tuple[int, float]]:

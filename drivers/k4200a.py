@@ -18,6 +18,7 @@ changes only with DV, for as long as the host leaves it, so no pulse width could
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from bisect import bisect_right
@@ -89,6 +90,32 @@ def _num(x: float) -> str:
 
 # --- the guard's grammar ------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4096)
+def _split(command: str) -> tuple[str, list[str]]:
+    """(command name in upper case, its arguments): a pure function of the text, so a
+    set-up the guard sees several times (checked, then sent) is parsed once."""
+    text = command.strip()
+    if text.startswith(":"):
+        head, _, rest = text.partition(" ")
+        name = head.upper()
+    else:
+        m = _NAME.match(text)
+        name, rest = (m.group(1).upper(), m.group(2)) if m else ("", "")
+    return name, tuple(a.strip() for a in rest.split(",")) if rest.strip() else ()
+
+
+_NUMBER_TOKEN = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"   # as guard.number accepts
+_NUMBER_LIST = re.compile(rf"{_NUMBER_TOKEN}(?:\x00{_NUMBER_TOKEN})*")
+
+
+@functools.lru_cache(maxsize=4096)
+def _numbers(tokens: tuple[str, ...]) -> tuple[float, ...] | None:
+    """The tokens as numbers if every one is a decimal number as `guard.number` accepts it
+    (one regex over all of them), else None (the caller names the bad one)."""
+    if any("\x00" in t for t in tokens) or not _NUMBER_LIST.fullmatch("\x00".join(tokens)):
+        return None
+    return tuple(float(t) for t in tokens)
+
 @dataclass(frozen=True)
 class PmuConfig:
     """What this session set up on the PMU since its `:PMU:INIT` (None: not set)."""
@@ -119,7 +146,13 @@ class KxciState:
 
 
 _QUERIES = frozenset({"*IDN?", "ID", "*OPT?", "SP", ":ERROR:LAST:GET", "TV", "TI", ":PMU:TEST:STATUS?",
-                      ":PMU:DATA:COUNT?", ":PMU:DATA:GET"})
+                      ":PMU:DATA:COUNT?", ":PMU:DATA:GET", "GP", "GD"})
+# memlab's own KULT user module (drivers/kult/memlab_pulse_read.md)
+KULT_LIBRARY, KULT_PULSE_READ = "memlab_kult", "PulseRead"
+KULT_OUTPUT_PARAM = 11            # Currents: the output array's position in the argument list
+KULT_RETURN = {-1: "PulseRead: an argument is out of range", -2: "PulseRead: CurrentsSize is smaller than the reads",
+               -3: "PulseRead: too many steps for one run"}
+_EX = re.compile(r"^\s*EX\s+(\w+)\s+(\w+)\s*\((.*)\)\s*$", re.S)
 # settings that source nothing and change no output
 # (not RI/RV/RG, whose compliance argument nobody here could check, nor :PMU:LOAD and
 # :PMU:RPM:CONFIGURE, which have handlers below)
@@ -149,6 +182,7 @@ class KxciGrammar(Grammar[KxciState]):
         # the fractions of a pulse channel's level that reach crossbar lines (a passive
         # divider between channel and lines: only fractions <= 1); absent: the level itself
         self.line_ratios = {ch: tuple(r) for ch, r in (line_ratios or {}).items()}
+        self._proved: dict[tuple, dict[int, float]] = {}
 
     def unknown_state(self) -> KxciState:
         return KxciState()
@@ -167,21 +201,14 @@ class KxciGrammar(Grammar[KxciState]):
         return [c for c in message.split(";") if c.strip()]
 
     def doubt(self, a: KxciState, b: KxciState) -> KxciState:
-        same = lambda x, y: x if x == y else None  # noqa: E731
-        return KxciState({k: same(a.levels[k], b.levels[k]) for k in a.levels},
-                         {k: same(a.compliance[k], b.compliance[k]) for k in a.compliance},
-                         {k: same(a.pmu_on[k], b.pmu_on[k]) for k in a.pmu_on},
-                         same(a.pmu, b.pmu))
+        def merge(x: dict, y: dict) -> dict:   # most commands change nothing of a dict: compare it whole first
+            return dict(x) if x == y else {k: v if v == y[k] else None for k, v in x.items()}
+        return KxciState(merge(a.levels, b.levels), merge(a.compliance, b.compliance), merge(a.pmu_on, b.pmu_on),
+                         a.pmu if a.pmu is b.pmu or a.pmu == b.pmu else None)
 
     def apply(self, s: KxciState, command: str, where: str) -> None:
+        name, args = _split(command)
         text = command.strip()
-        if text.startswith(":"):
-            head, _, rest = text.partition(" ")
-            name = head.upper()
-        else:
-            m = _NAME.match(text)
-            name, rest = (m.group(1).upper(), m.group(2)) if m else ("", "")
-        args = [a.strip() for a in rest.split(",")] if rest.strip() else []
         if name == "*RST" and not args:
             # SMUs off at 0 V; the PMU outputs and set-up are left to :PMU:OUTPUT:STATE and :PMU:INIT
             for ch in SMU_CHANNELS:
@@ -191,6 +218,8 @@ class KxciGrammar(Grammar[KxciState]):
             return
         if name in _SARB:
             return self._sarb(s, _SARB[name], args, where)
+        if name == "EX":
+            return self._ex(s, text, where)
         handler = {"DV": self._dv, ":PMU:INIT": self._init, ":PMU:MEASURE:RANGE": self._range,
                    ":PMU:SARB:WFM:SEQ:LIST": self._wfm, ":PMU:PULSE:TRAIN": self._train,
                    ":PMU:PULSE:TIMES": self._times, ":PMU:PULSE:BURST:COUNT": self._burst,
@@ -226,13 +255,20 @@ class KxciGrammar(Grammar[KxciState]):
         s.levels[ch], s.compliance[ch] = volts, compliance
 
     def _spread(self, s: KxciState, ch: int, volts: list[float], where: str, skip=()) -> None:
-        """A device may sit between this output and any other: their difference is bounded."""
-        for other, level in s.levels.items():
-            if other == ch or other in skip:
-                continue
+        """A device may sit between this output and any other: their difference is bounded.
+        The largest difference is between extremes, so only the extremes are compared."""
+        others = [(other, level) for other, level in s.levels.items() if other != ch and other not in skip]
+        for other, level in others:
             if level is None:
                 raise LimitError(f"{where}level of channel {other} unknown: cannot bound the voltage across a device")
-            for v in volts:
+        if not others or not volts:
+            return
+        lo, hi = min(volts), max(volts)
+        low, high = min(level for _, level in others), max(level for _, level in others)
+        if max(hi - low, high - lo) <= self.limits.max_device_voltage:
+            return
+        for other, level in others:
+            for v in (lo, hi):
                 if abs(v - level) > self.limits.max_device_voltage:
                     raise LimitError(f"{where}{v:+.4g} V against {level:+.4g} V on channel {other} exceeds "
                                      f"max_device_voltage {self.limits.max_device_voltage} V across a device")
@@ -284,7 +320,9 @@ class KxciGrammar(Grammar[KxciState]):
             raise LimitError(f"{where}segment ARB arrays take a channel, a sequence and values")
         config = self._config(s, where)
         ch, seq = self._pulse_channel(args[0], where), integer(args[1], where)
-        values = tuple(number(a, where) for a in args[2:])
+        values = _numbers(tuple(args[2:]))
+        if values is None:
+            values = tuple(number(a, where) for a in args[2:])   # raises, naming the bad one
         s.pmu = config.put("arrays", (ch, seq, name), values)
 
     def _wfm(self, s, args, where):
@@ -322,6 +360,49 @@ class KxciGrammar(Grammar[KxciState]):
         for ch in PMU_CHANNELS:
             s.levels[ch], s.pmu_on[ch] = 0.0, False
 
+    # --- memlab's KULT module -------------------------------------------------------------------
+
+    def _ex(self, s: KxciState, text: str, where: str) -> None:
+        """EX memlab_kult PulseRead(...): the pulse-and-read test it plays, checked like any PMU
+        test (levels through the divider, spreads, widths, energy at its current range)."""
+        m = _EX.match(text)
+        if not m or (m.group(1), m.group(2)) != (KULT_LIBRARY, KULT_PULSE_READ):
+            raise LimitError(f"{where}only the user module {KULT_LIBRARY} {KULT_PULSE_READ} is covered")
+        a = [x.strip() for x in m.group(3).split(",")]
+        if len(a) != 12 or a[KULT_OUTPUT_PARAM - 1]:
+            raise LimitError(f"{where}{KULT_PULSE_READ} takes 12 arguments, the 11th (Currents) left blank")
+        drive, sense = self._pulse_channel(a[0], where), self._pulse_channel(a[1], where)
+        w_drive, w_sense, w_width, r_drive, r_width = (number(a[k], where) for k in (2, 3, 4, 5, 6))
+        reads, writes, i_range = integer(a[7], where), integer(a[8], where), number(a[9], where)
+        integer(a[11], where)
+        if drive == sense or reads < 1 or writes < 0:
+            raise LimitError(f"{where}{KULT_PULSE_READ}: two channels, at least one read, writes >= 0")
+        if not any(math.isclose(i_range, r, rel_tol=1e-6) for r in PMU_CURRENT_RANGES):
+            raise LimitError(f"{where}{KULT_PULSE_READ}: IRange {i_range:g} A is not a PMU current range")
+        self.limits.check_compliance(i_range, where + "IRange: ")
+        steps = []
+        for _ in range(max(writes, 1)):
+            steps += [(w_drive, w_sense, w_width)] if writes else []
+            steps += [(r_drive, 0.0, r_width)] * reads
+        if len(steps) * SEGMENTS_PER_STEP > MAX_CHECKED_SEGMENTS:
+            raise LimitError(f"{where}{KULT_PULSE_READ}: {len(steps)} steps, too long to check")
+        plans: dict[int, list[_Seg]] = {hardware_channel(drive): [], hardware_channel(sense): []}
+        t = 0.0
+        for v_drive, v_sense, width in steps:
+            top = math.floor((width - SEGMENT_MIN_S) / SEGMENT_RESOLUTION_S + 1e-6) * SEGMENT_RESOLUTION_S
+            if not 0 < width <= self.limits.max_pulse_width or top < SEGMENT_MIN_S:
+                raise LimitError(f"{where}{KULT_PULSE_READ}: a step of {width:.4g} s outside "
+                                 f"[{2 * SEGMENT_MIN_S:.3g}, {self.limits.max_pulse_width}] s")
+            e = SEGMENT_MIN_S
+            for hw, v in zip(plans, (v_drive, v_sense)):
+                plans[hw] += [_Seg(t, t + e, 0.0, v), _Seg(t + e, t + e + top, v, v),
+                              _Seg(t + e + top, t + 2 * e + top, v, 0.0), _Seg(t + 2 * e + top, t + 3 * e + top, 0.0, 0.0)]
+            t += 3 * e + top
+        self._check_test(s, plans, i_range, where)
+        for hw in plans:   # it ends with both outputs off; it set the card up itself
+            s.levels[hw], s.pmu_on[hw] = 0.0, False
+        s.pmu = None
+
     # --- a PMU test ---------------------------------------------------------------------------
 
     def _execute(self, s, args, where):
@@ -333,6 +414,19 @@ class KxciGrammar(Grammar[KxciState]):
         running = [ch for ch, on in s.pmu_on.items() if on]
         if not running:
             raise LimitError(f"{where}no PMU output is on: nothing set up to execute")
+        # the proof depends on nothing but the set-up, which outputs run and the other levels
+        # (the limits are the grammar's own): a test proved before is not proved again
+        key = (config, tuple(running), tuple(s.levels.items()))
+        ends = self._proved.get(key)
+        if ends is None:
+            ends = self._prove(s, config, running, where)
+            if len(self._proved) >= 256:
+                self._proved.clear()
+            self._proved[key] = ends
+        s.levels.update(ends)
+
+    def _prove(self, s: KxciState, config: PmuConfig, running: list[int], where: str) -> dict[int, float]:
+        """Check the test the running outputs would play; their levels at its end."""
         plans, limit = {}, 0.0
         for hw in running:
             ch = kxci_channel(hw)
@@ -344,8 +438,7 @@ class KxciGrammar(Grammar[KxciState]):
             limit = max(limit, ch_limit)
             plans[hw] = self._plan(config, ch, where)
         self._check_test(s, plans, limit, where)
-        for hw, segments in plans.items():
-            s.levels[hw] = segments[-1].v1
+        return {hw: segments[-1].v1 for hw, segments in plans.items()}
 
     def _plan(self, config: PmuConfig, ch: int, where: str) -> list[_Seg]:
         segments: list[_Seg] = []
@@ -397,16 +490,17 @@ class KxciGrammar(Grammar[KxciState]):
     def _check_test(self, s: KxciState, plans: dict[int, list[_Seg]], limit: float, where: str) -> None:
         lim = self.limits
         for hw, segs in plans.items():
-            for seg in segs:
-                for v in (seg.v0, seg.v1):
-                    lim.check_line_voltage(v, where)
-                    lines = self._lines(hw, v)
-                    for x in lines:
-                        lim.check_device_voltage(x, where + "a level against a line at 0 V: ")
-                    if max(lines) - min(lines) > lim.max_device_voltage:
-                        raise LimitError(f"{where}divider outputs of channel {kxci_channel(hw)} "
-                                         f"{max(lines) - min(lines):.4g} V apart exceed max_device_voltage")
-                    self._spread(s, hw, lines, where, skip=plans)   # against the SMUs and idle PMU channels
+            reached = []   # every level the channel's lines reach (a test repeats a few levels: each once)
+            for v in sorted({v for seg in segs for v in (seg.v0, seg.v1)}):
+                lim.check_line_voltage(v, where)
+                lines = self._lines(hw, v)
+                for x in lines:
+                    lim.check_device_voltage(x, where + "a level against a line at 0 V: ")
+                if max(lines) - min(lines) > lim.max_device_voltage:
+                    raise LimitError(f"{where}divider outputs of channel {kxci_channel(hw)} "
+                                     f"{max(lines) - min(lines):.4g} V apart exceed max_device_voltage")
+                reached += lines
+            self._spread(s, hw, reached, where, skip=plans)   # against the SMUs and idle PMU channels
         channels = list(plans)
         starts = {hw: [seg.t0 for seg in plans[hw]] for hw in channels}
         cuts = sorted({0.0, *(t for segs in plans.values() for seg in segs for t in (seg.t0, seg.t1))})
@@ -639,7 +733,18 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
     def sequence_commands(self, drive: int, sense: int, steps: Sequence[PulseStep], *,
                           measure_on: int | None = None) -> list[str]:
         """Set-up of one segment-ARB test: ranges, one sequence per channel (rise, top, fall per
-        step; the top measured on `measure_on`, default `sense`), the lists, the outputs on."""
+        step; the top measured on `measure_on`, default `sense`), the lists, the outputs on.
+        Rendered once per distinct test (a test is checked before it is run, and reads repeat)."""
+        key = (drive, sense, tuple(steps), measure_on, tuple(self.options))
+        rendered = self.__dict__.setdefault("_rendered", {})
+        if key not in rendered:
+            if len(rendered) >= 256:
+                rendered.clear()
+            rendered[key] = self._render_sequence(drive, sense, steps, measure_on)
+        return list(rendered[key])
+
+    def _render_sequence(self, drive: int, sense: int, steps: Sequence[PulseStep],
+                         measure_on: int | None) -> tuple[str, ...]:
         for ch in (drive, sense):
             if ch not in self.pulse_channels():
                 raise ValueError(f"{self.name}: {ch} is not a PMU channel ({self.pulse_channels()})")
@@ -679,7 +784,7 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
                          f":PMU:SARB:WFM:SEQ:LIST {p},1,1",
                          f":PMU:OUTPUT:STATE {p},1"]
         # the card's other channels stay off: nothing but these two runs
-        return commands
+        return tuple(commands)
 
     def check_sequence(self, drive: int, sense: int, steps: Sequence[PulseStep], *,
                        measure_on: int | None = None) -> None:
@@ -731,6 +836,66 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
         if len(currents) != wanted or len(points) != wanted:
             error = self._failed(reply, f":PMU:DATA:GET {pulse_channel}")
             raise error or ReplyError(f"{self.name}: expected {wanted} PMU points, got {reply!r}")
+        return currents
+
+    # --- memlab's KULT module -------------------------------------------------------------------
+
+    def pulse_read_command(self, drive: int, sense: int, *, write: tuple[float, float, float] | None,
+                           read: tuple[float, float], reads: int = 1, writes: int = 1) -> str:
+        """`EX memlab_kult PulseRead(...)` for PMU channels `drive`, `sense` (100*m + c): `writes`
+        times the write (drive level, sense level, width) then `reads` reads (drive level, width;
+        sense at 0 V, its current measured); no write: `reads` reads."""
+        for ch in (drive, sense):
+            if ch not in self.pulse_channels():
+                raise ValueError(f"{self.name}: {ch} is not a PMU channel ({self.pulse_channels()})")
+        w_drive, w_sense, w_width = write if write is not None else (0.0, 0.0, read[1])
+        writes = writes if write is not None else 0
+        n_reads = reads * max(writes, 1)
+        args = [str(kxci_channel(drive)), str(kxci_channel(sense)), _num(w_drive), _num(w_sense), _num(w_width),
+                _num(read[0]), _num(read[1]), str(reads), str(writes), _num(self._range_for(sense)), "",
+                str(n_reads)]
+        return f"EX {KULT_LIBRARY} {KULT_PULSE_READ}({','.join(args)})"
+
+    def check_pulse_read(self, drive: int, sense: int, **plan) -> None:
+        self.guard.check(self.pulse_read_command(drive, sense, **plan))
+
+    def pulse_read(self, drive: int, sense: int, *, write: tuple[float, float, float] | None,
+                   read: tuple[float, float], reads: int = 1, writes: int = 1) -> list[float]:
+        """Run memlab's KULT module: the currents of the reads on `sense`, in order. Checked whole
+        before anything is sent; sent once (counted as it leaves), never retried."""
+        command = self.pulse_read_command(drive, sense, write=write, read=read, reads=reads, writes=writes)
+        self.guard.check(command)
+        self.send("UL")
+        self.drain()
+        with signals_deferred():
+            self._awaiting_reply = True
+            self.write(command)
+            self.pulses_sent += 1
+        try:
+            reply = self.read()
+            m = re.fullmatch(r"RETURN VALUE\s*=\s*([+-]?\d+)", reply)
+            if not m:
+                error = self._failed(reply, command)
+                raise error or ReplyError(f"{self.name}: {KULT_PULSE_READ} answered {reply!r}")
+        except (TimeoutError, ReplyError, InstrumentError) as exc:
+            raise PulseOutcomeUnknown(f"{self.name}: {KULT_PULSE_READ} was sent but its completion was not "
+                                      f"confirmed ({exc}); it may or may not have run") from exc
+        code = int(m.group(1))
+        if code != 0:   # the module checks every argument before it drives anything (memlab_pulse_read.md)
+            self.confirm_last()
+            raise InstrumentError(self.name, code, KULT_RETURN.get(code, f"{KULT_PULSE_READ} returned {code}"), command)
+        self.confirm_last()
+        reply = self.query(f"GP {KULT_OUTPUT_PARAM}", retries=1)
+        wanted = reads * (max(writes, 1) if write is not None else 1)
+        m = re.fullmatch(r"PARAM VALUE\s*=\s*(.*)", reply)
+        try:
+            currents = [float(v) for v in m.group(1).split(";")] if m else []
+        except ValueError:
+            currents = []
+        if len(currents) != wanted:
+            error = self._failed(reply, f"GP {KULT_OUTPUT_PARAM}")
+            raise error or ReplyError(f"{self.name}: expected {wanted} currents from {KULT_PULSE_READ}, got {reply!r}")
+        self.send("US", ":PMU:INIT 1")   # the module set the card up itself: back to segment ARB
         return currents
 
     # --- safe state -------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Every message passes the driver's guard (`guard.py`) before it is written, whichever
 method built it. Queries that only read state may be retried after a timeout; a message
 that changes the bench (a pulse above all) is sent once, and if its reply does not come the
-caller is told that the outcome is unknown (and the guard assumes the worst of both). After an interrupted query, a late reply may still arrive:
-`drain()` discards it so the next query does not read someone else's answer.
+caller is told that the outcome is unknown (and the guard assumes the worst of both).
+After an abandoned query a late reply may still arrive: `drain()` reconnects, so the next
+query does not read someone else's answer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import re
 import select
 import socket
-import time
 
 import pyvisa
 from pyvisa import constants
@@ -46,8 +46,8 @@ class VisaInstrument:
         self.visa_library = visa_library
         self.guard = Guard(grammar, self.name)
         self._last_change: Change | None = None   # what the last message written would do
+        self.round_trips = 0   # times the host waited for the instrument (replies read)
         self._awaiting_reply = False
-        self._sent_at = 0.0  # time.monotonic() of the last message sent
         self._res = self._open()
 
     def _open(self):
@@ -78,13 +78,17 @@ class VisaInstrument:
         self._awaiting_reply = False
         self._res = self._open()
 
-    def make_safe(self, action) -> None:
-        """Run a safe-state action; if the link dropped, reconnect once and run it again."""
-        try:
-            action()
-        except InstrumentNotAnswering:
-            self.reopen()
-            action()
+    def make_safe(self, action, attempts: int = 3) -> None:
+        """Run a safe-state action (0 V, relays open: repeating it is harmless) until it is
+        confirmed, at most `attempts` times, on a new connection after each failure."""
+        for attempt in range(attempts):
+            try:
+                action()
+                return
+            except (InstrumentNotAnswering, InstrumentError, InstrumentTimeout, ReplyError):
+                if attempt == attempts - 1:
+                    raise
+                self.reopen()
 
     def write(self, message: str) -> None:
         """Send one message, if the guard can prove it safe (LimitError otherwise: nothing is sent)."""
@@ -95,7 +99,6 @@ class VisaInstrument:
             raise
         # from before it is sent until the instrument confirms it, any part of it may have run
         self._last_change, self.guard.state = change, change.uncertain
-        self._sent_at = time.monotonic()
         try:
             self._res.write(message)
         except (VisaIOError, OSError) as exc:
@@ -109,6 +112,7 @@ class VisaInstrument:
             self.guard.state, self._last_change = self._last_change.after, None
 
     def read(self) -> str:
+        self.round_trips += 1
         try:
             reply = self._res.read()
         except VisaIOError as exc:
@@ -128,35 +132,26 @@ class VisaInstrument:
         return reply
 
     def query(self, message: str, *, retries: int = 0) -> str:
-        """Send and read the reply. Retries (only for messages safe to repeat) after a timeout."""
+        """Send and read the reply. Retries (only for messages safe to repeat) after a
+        timeout or a garbled reply."""
         for attempt in range(retries + 1):
             self.drain()
             self._awaiting_reply = True  # before sending: an interrupt may land as soon as it is sent
             self.write(message)
             try:
                 return self.read()
-            except TimeoutError:
+            except (TimeoutError, ReplyError):
                 if attempt == retries:
                     raise
 
     def drain(self) -> None:
-        """Discard a reply that was still owed when the last query was abandoned: wait for it
-        until the session timeout since the query was sent has run out (a query interrupted
-        early may still be answered late), then discard anything else arriving within 0.2 s."""
+        """Make sure no reply still owed by an abandoned query (timed out, or interrupted)
+        is read as the answer to the next one: such a reply may come at any time, so the
+        session is replaced by a fresh connection (the instrument keeps its state; the late
+        reply goes to the closed one)."""
         if not self._awaiting_reply:
             return
-        saved = self._res.timeout
-        owed_ms = int((self.timeout_s - (time.monotonic() - self._sent_at)) * 1000)
-        self._res.timeout = max(200, owed_ms)
-        try:
-            while True:
-                self._res.read_raw()
-                self._res.timeout = 200
-        except (VisaIOError, OSError):
-            pass
-        finally:
-            self._res.timeout = saved
-        self._awaiting_reply = False  # not if interrupted: the next drain tries again
+        self.reopen()   # not reached if interrupted: the next drain tries again
 
     def _link_closed(self) -> bool:
         """pyvisa-py reports a connection closed by the instrument as a timeout (it reads

@@ -542,6 +542,7 @@ class WGFMU(PulseSource):
         self.edge_s = edge_s
         self.max_steps = (MAX_VECTORS - 1) // VECTORS_PER_STEP
         self.pulses_sent = 0
+        self.round_trips = 0   # times the host waited for the instrument: one per sequence run
         self.guard = Guard(WgfmuGrammar(limits, self.channels, line_ratios), name)
         self.lib = library if library is not None else load_library(library_path)
         self._session = False
@@ -700,6 +701,7 @@ class WGFMU(PulseSource):
         calls, n_events = self._plan(drive, sense, steps)
         for name, args in calls[:-1]:
             self.call(name, *args)
+        self.round_trips += 1
         try:
             self.call("execute", counts_pulse=True)
             self.call("waitUntilCompleted")

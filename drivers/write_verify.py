@@ -8,10 +8,10 @@ reported as failed, with the reason). A pulse whose outcome is unknown is never 
 blindly: the device is read again and the decision made afresh.
 
 On a crossbar that runs pulse-and-read sequences (`Crossbar.max_batch` > 1) the same ramp
-goes out several pulses at a time: as many as the last pulses' effect says cannot carry the
-device past its target (all of them while it does not move yet), and the reads that accept
-a device go out together. With one pulse per batch the decisions are those of the
-one-at-a-time algorithm.
+goes out several pulses at a time: as many as the latest pulses' effect says cannot carry
+the device past half the way to its target (doubling while it does not move yet); the
+reads that accept a device go out together. With one pulse per batch the decisions are
+those of the one-at-a-time algorithm.
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def tune_array(xbar: Crossbar, targets: np.ndarray, params: TuneArrayParams | No
             if progress:
                 progress(label, k, len(todo), result)
         out.passes = n + 1
-        for r, c in devices:
-            out.final[r, c] = np.mean([xbar.read(r, c).conductance for _ in range(params.verify_reads)])
+        for r, c in devices:   # one sequence per device where the crossbar runs them
+            out.final[r, c] = np.mean(xbar.pulse_and_read(r, c, [], 0.0, reads=params.verify_reads)[0])
         ok = out.in_tolerance(tol)
         todo = [(r, c) for r, c in devices if not ok[r, c] and out.results[(r, c)].tuned]
         if not todo:

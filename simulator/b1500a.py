@@ -78,7 +78,12 @@ ERROR_MESSAGES: dict[int, str] = {
     206: "SPGU pulse timing does not fit in the pulse period.",
     207: "SPGU must be in PG mode (SIM 0).",
     208: "Specified channel is not an SPGU channel.",
+    # the failure `inject_error` emulates (a module that did not carry out a command)
+    300: "Hardware error: the module did not carry out the command.",
 }
+HARDWARE_ERROR = 300   # UNVERIFIED, as above
+# commands that only read (spot measurements force nothing new): never fail on injection
+_READ_ONLY = frozenset({"TI", "TV", "TTI", "TTV", "TIV", "TTIV", "TSQ"})
 NO_ERROR = '+0,"No Error."'
 ERROR_QUEUE_DEPTH = 100  # GUESS: deep enough that nothing real is lost
 
@@ -325,6 +330,7 @@ class B1500ACore:
         self.clock = 0.0           # seconds of instrument time this core has spent
         self._timer_zero = 0.0     # TSR
         self._errors: list[int] = []
+        self._failures = 0         # inject_error: commands still to fail
         self._spgu_touched: set[int] = set()
         self._data: list[str] = []   # the data output buffer of the message being handled
         self._applied: dict[int, tuple[float, float] | None] | None = None
@@ -357,6 +363,12 @@ class B1500ACore:
 
     # --- public API -------------------------------------------------------------------
 
+    def inject_error(self, count: int = 1) -> None:
+        """The next `count` commands that change something (not queries or spot readings)
+        fail as a hardware failure would: not carried out, the rest of their message skipped,
+        error 300 in the ERRX? queue (UNVERIFIED code, see ERROR_MESSAGES)."""
+        self._failures += int(count)
+
     def handle(self, message: str) -> list[str]:
         """Execute one message; a failing command stops the rest of it (GUESS).
 
@@ -379,6 +391,10 @@ class B1500ACore:
             try:
                 if handler is None:
                     raise FlexError(100)
+                name = match.group(1)
+                if self._failures and not name.endswith("?") and name not in _READ_ONLY:
+                    self._failures -= 1
+                    raise FlexError(HARDWARE_ERROR)
                 replies.extend(handler(_split(match.group(2))))
             except FlexError as exc:
                 self._push_error(exc.code)

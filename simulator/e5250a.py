@@ -39,6 +39,7 @@ _ERROR_TEXT = {
     -113: "Undefined header",
     -222: "Data out of range",
     -224: "Illegal parameter value",
+    -240: "Hardware error",   # SCPI: a legal command not carried out for a hardware problem
     -350: "Queue overflow",
 }
 
@@ -160,6 +161,7 @@ class E5250ACore:
         self.idn = idn or DEFAULT_IDN
         self._closed: frozenset[tuple[int, int]] = frozenset()
         self._errors: list[int] = []
+        self._failures = 0  # inject_error: commands still to fail
         self._esr = _PON  # power-on bit stays set until *ESR? or *CLS, as on the instrument
         self._mode = "ACON"
         self._rule: dict[int, str] = {}
@@ -185,6 +187,18 @@ class E5250ACore:
         """The core a bench file's instrument entry describes (options: cards)."""
         return cls(cards=int(options.get("cards", 2)), on_change=on_change)
 
+    def inject_error(self, count: int = 1) -> None:
+        """The next `count` commands that change something (not queries, not *CLS, *OPC,
+        *WAI) fail with the SCPI execution error -240 "Hardware error" (GUESS: the code the
+        E5250A gives for a relay it could not drive); like any execution error, only that
+        command is skipped."""
+        self._failures += int(count)
+
+    def _inject(self, header: str) -> None:
+        if self._failures and not header.endswith("?") and header.upper() not in ("*CLS", "*OPC", "*WAI"):
+            self._failures -= 1
+            raise SCPIError(-240)
+
     def handle(self, message: str) -> list[str]:
         replies: list[str] = []
         path: list[str] = []  # SCPI: each message starts at the root
@@ -198,6 +212,7 @@ class E5250ACore:
                     handler = self._common(header)
                 else:
                     handler, path = self._resolve(header, path)
+                self._inject(header)
                 reply = handler(params)
             except SCPIError as err:
                 self._push_error(err.code)

@@ -71,7 +71,15 @@ ERRORS = {
     -995: "Command not valid in this mode",
     -996: "Test not configured",
     -997: "Data not available",
+    # GUESS: the code and text of an execution failure (a busy or faulted card), what
+    # `inject_error` makes commands fail with; the manual's own list could not be read
+    -998: "Execution error: instrument busy",
 }
+EXECUTION_ERROR = -998
+# commands that change nothing on the instrument: an injected execution error spares them
+# (the error stays retrievable and clearable, readings and status stay readable)
+READ_ONLY = frozenset({"*IDN?", "ID", "*OPT?", "SP", ":ERROR:LAST:GET", ":ERROR:LAST:CLEAR", "TV", "TI",
+                       ":PMU:TEST:STATUS?", ":PMU:DATA:COUNT?", ":PMU:DATA:GET", "GP", "RD"})
 NO_ERROR = "No error. (0)"
 
 
@@ -129,6 +137,20 @@ def _num(token: str) -> float:
     if not math.isfinite(value):
         raise KxciError(-993)
     return value
+
+
+_NUMBER_LIST = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?:,[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)*")
+
+
+def _nums(tokens: list[str]) -> list[float]:
+    """A list of numbers in one regex pass (a segment-ARB array carries up to 128)."""
+    joined = ",".join(t.strip() for t in tokens)
+    if not _NUMBER_LIST.fullmatch(joined):
+        return [_num(t) for t in tokens]   # raises on the bad one
+    values = [float(t) for t in joined.split(",")]
+    if not all(math.isfinite(v) for v in values):
+        raise KxciError(-993)
+    return values
 
 
 def _int(token: str) -> int:
@@ -191,6 +213,10 @@ class _Segment:
 
 # -------------------------------------------------------------------------------- core
 
+# memlab's KULT user library (drivers/kult/memlab_pulse_read.md): return values
+KULT_BAD_ARGUMENT, KULT_ARRAY_TOO_SMALL, KULT_TOO_LONG = -1, -2, -3
+
+
 class K4200ACore:
     """The instrument side of a 4200A-SCS running KXCI, one message at a time."""
 
@@ -213,12 +239,13 @@ class K4200ACore:
         self.last_error: int | None = None
         self.syntax_error = False
         self.data_ready = False
+        self.failing = 0   # commands that change something still to fail (inject_error)
         self._applied: dict[int, tuple[float, float] | None] = {}
         self._handlers: dict[str, Callable[[list[str]], str | None]] = {
             "*IDN?": self._idn, "ID": self._id, "*OPT?": self._opt, "*RST": self._rst, "SP": self._sp,
             "BC": self._bc, ":ERROR:LAST:GET": self._error_get, ":ERROR:LAST:CLEAR": self._error_clear,
             "US": self._page("US"), "DE": self._page("DE"), "SS": self._page("SS"), "SM": self._page("SM"),
-            "MD": self._page("MD"), "UL": self._page("UL"),
+            "MD": self._page("MD"), "UL": self._page("UL"), "EX": self._ex, "GP": self._gp, "GD": self._gp,
             "DV": self._dv, "DI": self._di, "TV": self._tv, "TI": self._ti, "RI": self._ri, "RV": self._rv,
             "RG": self._rg, "IT": self._it, "RS": self._rs, "EC": self._ec,
             ":PMU:INIT": self._pmu_init, ":PMU:RPM:CONFIGURE": self._pmu_rpm,
@@ -253,6 +280,9 @@ class K4200ACore:
                 continue
             try:
                 name, args = self._parse(command)
+                if self.failing and name not in READ_ONLY:
+                    self.failing -= 1
+                    raise KxciError(EXECUTION_ERROR)
                 reply = self._handlers[name](args)
             except KxciError as exc:
                 # GUESS: the failing command and the rest of the message are not executed,
@@ -263,6 +293,14 @@ class K4200ACore:
                 replies.append(reply)
         # GUESS: several queries in one message answer in one line, joined by ';'
         return [";".join(replies) if replies else "ACK"]
+
+    def inject_error(self, count: int = 1) -> None:
+        """The next `count` commands that would change something fail with an execution
+        error, as a busy or faulted instrument's do: not executed, the rest of their message
+        skipped, the error answered and kept for `:ERROR:LAST:GET` (the bench's `error` fault)."""
+        if count < 1:
+            raise ValueError(f"4200A inject_error: count {count} is not a positive number of commands")
+        self.failing += count
 
     def reset(self) -> None:
         """*RST: SMUs off at 0 V, PMU outputs off, user mode settings to their defaults."""
@@ -288,6 +326,8 @@ class K4200ACore:
             if name not in self._handlers:
                 raise KxciError(-992)
             return name, _args(rest)
+        if upper.startswith("EX ") or upper == "EX":
+            return "EX", [command[2:].strip()]
         m = re.fullmatch(r"(\*?[A-Z]+\??)\s*(.*)", upper, re.S)
         if not m or m.group(1) not in self._handlers:
             raise KxciError(-992)
@@ -624,7 +664,7 @@ class K4200ACore:
             ch, seq = self._pmu_channel(args[0]), _int(args[1])
             if not 1 <= seq <= PMU_MAX_SEQUENCES:
                 raise KxciError(-993)
-            values = [_num(a) for a in args[2:]]
+            values = _nums(args[2:])
             if name == "TIME":
                 for t in values:
                     steps = t / PMU_SEGMENT_RESOLUTION_S
@@ -687,6 +727,82 @@ class K4200ACore:
             raise KxciError(-997)
         points = data[start:start + count]
         return ";".join(f"{_e(v)},{_e(i)},{_e(t)},{s}" for v, i, t, s in points)
+
+    # --- user libraries (KULT) ------------------------------------------------------------------
+
+    def _ex(self, args):
+        """EX library module(arg, ...): run a user module; `RETURN VALUE = n`. Only memlab's
+        own library is installed here (drivers/kult/memlab_pulse_read.md documents it)."""
+        if self.page != "UL":
+            raise KxciError(-995)   # GUESS: EX only on the user library page (after UL)
+        m = re.fullmatch(r"(\w+)\s+(\w+)\s*\((.*)\)\s*", args[0], re.S)
+        if not m or (m.group(1), m.group(2)) not in KULT_MODULES:
+            raise KxciError(-992)
+        module = KULT_MODULES[(m.group(1), m.group(2))]
+        values = [a.strip() for a in m.group(3).split(",")]
+        self.user_outputs = {}
+        return f"RETURN VALUE = {module(self, values)}"
+
+    def _gp(self, args):
+        """GP n: output parameter n of the last user module run, `PARAM VALUE = v1;v2;...`
+        (GUESS: GD answers the same for a double array)."""
+        _count(args, 1)
+        values = getattr(self, "user_outputs", {}).get(_int(args[0]))
+        if values is None:
+            raise KxciError(-997)
+        return "PARAM VALUE = " + ";".join(_e(v) for v in values)
+
+    def _pulse_read(self, values: list[str]) -> int:
+        """memlab_kult PulseRead: see drivers/kult/memlab_pulse_read.md (the same contract)."""
+        if len(values) != 12:
+            return KULT_BAD_ARGUMENT
+        try:
+            drive, sense = _int(values[0]), _int(values[1])
+            w_drive, w_sense, w_width, r_drive, r_width = (_num(values[k]) for k in (2, 3, 4, 5, 6))
+            reads, writes, i_range, size = _int(values[7]), _int(values[8]), _num(values[9]), _int(values[11])
+        except KxciError:
+            return KULT_BAD_ARGUMENT
+        if values[10] or drive == sense or drive not in self.pmu or sense not in self.pmu:
+            return KULT_BAD_ARGUMENT
+        ranges = [r for r in PMU_CURRENT_RANGES if math.isclose(r, i_range, rel_tol=1e-6)]
+        if not ranges or not 1 <= reads or not 0 <= writes or max(abs(w_drive), abs(w_sense), abs(r_drive)) > 10:
+            return KULT_BAD_ARGUMENT
+        steps = []
+        for _ in range(max(writes, 1)):
+            if writes:
+                steps.append((w_drive, w_sense, w_width, False))
+            steps += [(r_drive, 0.0, r_width, True)] * reads
+        n_reads = sum(1 for step in steps if step[3])
+        if size < n_reads:
+            return KULT_ARRAY_TOO_SMALL
+        if 4 * len(steps) > PMU_MAX_SEGMENTS:
+            return KULT_TOO_LONG
+        plans: dict[int, list[_Segment]] = {drive: [], sense: []}
+        t = 0.0
+        for level_d, level_s, width, measured in steps:
+            top = math.floor((width - PMU_SEGMENT_MIN_S) / PMU_SEGMENT_RESOLUTION_S + 1e-6) * PMU_SEGMENT_RESOLUTION_S
+            if top < PMU_SEGMENT_MIN_S:
+                return KULT_BAD_ARGUMENT
+            e = PMU_SEGMENT_MIN_S
+            for ch, v in ((drive, level_d), (sense, level_s)):
+                window = (t + e, t + e + top) if measured and ch == sense else None
+                plans[ch] += [_Segment(t, t + e, 0.0, v, None), _Segment(t + e, t + e + top, v, v, window),
+                              _Segment(t + e + top, t + 2 * e + top, v, 0.0, None),
+                              _Segment(t + 2 * e + top, t + 3 * e + top, 0.0, 0.0, None)]
+            t += 3 * e + top
+        # the module sets the card up itself (GUESS: as pulse_init does, it clears the KXCI set-up)
+        self._pmu_reset(mode=0)
+        for ch in (drive, sense):
+            p = self.pmu[ch]
+            p.range_type, p.i_range, p.output_on, p.level = 2, ranges[0], True, 0.0
+        self._commit()
+        self._run(plans)
+        currents = [i for _, i, _, _ in self.pmu[sense].data]
+        for ch in (drive, sense):   # the module ends with its outputs off
+            self.pmu[ch].output_on, self.pmu[ch].level = False, 0.0
+        self._commit()
+        self.user_outputs = {11: currents}
+        return 0
 
     # --- a PMU test -----------------------------------------------------------------------------
 
@@ -767,6 +883,7 @@ class K4200ACore:
         sums: dict[int, dict[int, list[float]]] = {ch: {} for ch in plans}   # segment index -> [∫I dt, T]
         pulse: list[float] | None = None      # [start, peak, limit, weighted width]
         start_clock = self.clock
+        limit = max(self._pmu_limit(self.pmu[ch]) for ch in plans)   # the ranges do not change during a test
         for a, b in zip(times, times[1:]):
             mid, dt = (a + b) / 2, b - a
             levels, active, ramp = {}, {}, False
@@ -797,7 +914,6 @@ class K4200ACore:
             # pulses: runs of time with any channel away from 0 V; a ramp counts half its time
             peak = max((abs(v) for v in levels.values()), default=0.0)
             if peak > 0:
-                limit = max(self._pmu_limit(self.pmu[ch]) for ch in plans)
                 weight = dt / 2 if ramp else dt
                 if pulse is None:
                     pulse = [a, peak, limit, weight]
@@ -831,3 +947,6 @@ class K4200ACore:
         if changed:
             self.hardware.apply(changed)
             self._applied.update(changed)
+
+
+KULT_MODULES = {("memlab_kult", "PulseRead"): K4200ACore._pulse_read}

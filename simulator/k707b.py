@@ -42,7 +42,11 @@ SYNTAX_ERROR, RUNTIME_ERROR = -285, -286
 # GUESS: the codes for channel lists that name nothing valid; the 707B manual's error list
 # could not be consulted, so these follow the SCPI meanings.
 ILLEGAL_PARAMETER, OUT_OF_RANGE = -224, -222
-_MESSAGES = {ILLEGAL_PARAMETER: "Illegal parameter value", OUT_OF_RANGE: "Parameter data out of range"}
+# GUESS: the code and severity a relay the card could not drive reports (the SCPI meaning,
+# severity "serious"), as `inject_error` emulates it
+HARDWARE_ERROR, SEVERITY_SERIOUS = -240, 30
+_MESSAGES = {ILLEGAL_PARAMETER: "Illegal parameter value", OUT_OF_RANGE: "Parameter data out of range",
+             HARDWARE_ERROR: "Hardware error"}
 
 _CHANNEL = re.compile(r"^([1-9])([A-Ha-h])(\d\d)$")  # GUESS: row letters in either case
 _TOKEN = re.compile(r"""\s*(?:(?P<name>[A-Za-z_]\w*)|(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
@@ -215,6 +219,7 @@ class K707BCore:
         self._closed: frozenset[Channel] = frozenset()
         self._errors: list[tuple[int, str, int]] = []
         self._printed: list[str] = []
+        self._failures = 0   # inject_error: calls still to fail
         self._globals = self._environment()
 
     @classmethod
@@ -232,6 +237,18 @@ class K707BCore:
     def closed(self) -> frozenset[tuple[int, int]]:
         """Closed relays as (input = row 1..8, output = (slot - 1) * 12 + column)."""
         return frozenset(_route(ch) for ch in self._closed)
+
+    def inject_error(self, count: int = 1) -> None:
+        """The next `count` calls that change something (channel.close, open,
+        exclusiveclose, reset, reset(), *RST) fail with error -240 "Hardware error" (GUESS):
+        nothing of that call is done and, as with any Lua error, the rest of its chunk is not
+        run; errorqueue.next() then reports it."""
+        self._failures += int(count)
+
+    def _may_fail(self) -> None:
+        if self._failures:
+            self._failures -= 1
+            raise TspError(HARDWARE_ERROR, _MESSAGES[HARDWARE_ERROR], SEVERITY_SERIOUS)
 
     def reset(self) -> None:
         """*RST / reset(): every channel open. GUESS: the error queue is left alone."""
@@ -264,6 +281,11 @@ class K707BCore:
         elif command == "*OPC?":
             self._printed.append("1")
         elif command == "*RST":
+            try:
+                self._may_fail()
+            except TspError as err:
+                self._push(err)
+                return
             self.reset()
         elif command == "*CLS":
             self._errors.clear()   # GUESS: clears the error queue with the status registers
@@ -300,11 +322,17 @@ class K707BCore:
         raise _syntax(str(node))
 
     def _environment(self) -> dict:
+        def changing(action):
+            def call(*a):
+                self._may_fail()
+                return action(*a)
+            return call
+
         channel = {
-            "close": lambda *a: self._close(_string_arg("close", a)),
-            "open": lambda *a: self._open(_string_arg("open", a)),
-            "exclusiveclose": lambda *a: self._exclusive_close(_string_arg("exclusiveclose", a)),
-            "reset": lambda *a: self._reset_channels(_string_arg("reset", a)),
+            "close": changing(lambda *a: self._close(_string_arg("close", a))),
+            "open": changing(lambda *a: self._open(_string_arg("open", a))),
+            "exclusiveclose": changing(lambda *a: self._exclusive_close(_string_arg("exclusiveclose", a))),
+            "reset": changing(lambda *a: self._reset_channels(_string_arg("reset", a))),
             "getclose": lambda *a: self._getclose(_string_arg("getclose", a)),
         }
         errorqueue = _Dynamic({
@@ -320,7 +348,7 @@ class K707BCore:
             "errorqueue": errorqueue,
             "slot": slots,
             "localnode": {"model": "707B"},
-            "reset": lambda *a: self.reset(),
+            "reset": changing(lambda *a: self.reset()),
         }
 
     def _print(self, *values) -> None:

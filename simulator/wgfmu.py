@@ -164,8 +164,11 @@ def _api(needs_session: bool = True):
 class EmulatedWgfmuLibrary:
     """The WGFMU library of one B1500 with WGFMU channels `channels`, on `hardware`."""
 
-    def __init__(self, hardware, *, channels=(101, 102), address_prefix: str | None = None):
+    def __init__(self, hardware, *, channels=(101, 102), address_prefix: str | None = None,
+                 transaction_s: float = 0.0):
         self.hardware = hardware
+        self.transaction_s = transaction_s   # instrument time to take a sequence and return its data
+        self.executions = 0                  # sequences run (what a test compares the journal with)
         self.channel_ids = tuple(channels)
         self.address_prefix = address_prefix
         self.session: str | None = None
@@ -182,7 +185,8 @@ class EmulatedWgfmuLibrary:
     @classmethod
     def emulate(cls, hardware, options: dict, timing) -> "EmulatedWgfmuLibrary":
         """The library a bench file's instrument entry describes (options: channels)."""
-        return cls(hardware, channels=tuple(options.get("channels", (101, 102))))
+        return cls(hardware, channels=tuple(options.get("channels", (101, 102))),
+                   transaction_s=timing.transaction_s)
 
     def fail_next(self, function: str, code: int, *, after: bool = False) -> None:
         """The next call of `function` returns `code`: instead of running, or (`after`) once
@@ -485,6 +489,9 @@ class EmulatedWgfmuLibrary:
                 runs[ch] = self._compile(ch)
         self._status = RUNNING
         self._results, self._fetched = {}, set()
+        self.executions += 1
+        if self.transaction_s:
+            self.hardware.advance(self.transaction_s)
         total = self._play(runs)
         self._status = DONE if any(events for _, _, events in runs.values()) else COMPLETED
         self._elapsed = self._total = total

@@ -22,17 +22,50 @@ def received(bench, name: str) -> list[str]:
     return out
 
 
+# per emulated instrument type: (a command that leaves it safe, a command that must not follow it)
+SAFE_COMMANDS = {
+    "keysight_b1500a": (r"CL", r"(CN|DV|PV|XE|WV|MV|SRP)\b"),
+    "keithley_4200a": (r"(:PMU:OUTPUT:STATE \d+,0|DV\d+)", r"(DV\d+,|DI|:PMU:EXECUTE|:PMU:OUTPUT:STATE \d+,1)"),
+    "keysight_e5250a": (r":ROUT:OPEN:CARD ALL", r"(:ROUT)?:CLOS \("),
+    "keithley_707b": (r'channel\.open\("allslots"\)', r'channel\.(close|exclusiveclose\("[^"])'),
+}
+
+
 def assert_safe(bench) -> None:
-    """The emulated bench is in its safe state, and the command logs end that way."""
+    """The emulated bench is in its safe state, and every instrument's command log ends that way."""
     outputs = bench.source_outputs()
     assert outputs and all(v is None for v in outputs.values()), f"sources still on: {outputs}"
     assert bench.closed_relays() == frozenset(), f"relays still closed: {sorted(bench.closed_relays())}"
-    cmds = received(bench, "analyzer")
-    last_cl = max(i for i, c in enumerate(cmds) if re.fullmatch(r"CL", c))
-    assert not any(c.startswith(("CN", "DV", "PV", "XE")) for c in cmds[last_cl + 1:]), cmds[last_cl:]
-    sw = [c.upper() for c in received(bench, "switch")]
-    last_open = max(i for i, c in enumerate(sw) if c.startswith(":ROUT:OPEN:CARD ALL"))
-    assert not any(":CLOS " in c or c.startswith(":ROUT:CLOS (") for c in sw[last_open + 1:]), sw[last_open:]
+    for inst in bench.spec.instruments:
+        if inst.name not in bench.servers:
+            continue   # an in-process library: no command log (its outputs are checked above)
+        safe, forbidden = SAFE_COMMANDS[inst.type]
+        cmds = received(bench, inst.name)
+        if inst.type == "keysight_e5250a":
+            cmds = [c.upper() for c in cmds]
+        last = max((i for i, c in enumerate(cmds) if re.fullmatch(safe, c)), default=None)
+        assert last is not None, f"{inst.name}: no safe-state command in {cmds[-12:]}"
+        assert not any(re.match(forbidden, c) for c in cmds[last + 1:]), (inst.name, cmds[last:])
+
+
+def recording_writes(driver) -> tuple[set[str], set[str]]:
+    """Wrap `driver.write` (every message its methods build passes there): the messages its
+    guard refused, and those it let through, as they happen."""
+    from drivers.errors import LimitError
+
+    refused, accepted = set(), set()
+    write = driver.write
+
+    def recording_write(message: str) -> None:
+        try:
+            write(message)
+        except LimitError:
+            refused.add(message)
+            raise
+        accepted.add(message)
+
+    driver.write = recording_write
+    return refused, accepted
 
 
 def memlab_cli(*args: str, **popen) -> subprocess.Popen:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import simulator.b1500a as b1500a
-from simulator.b1500a import B1500ACore, format_number, format_time
+from simulator.b1500a import NO_ERROR, B1500ACore, format_number, format_time
 
 LRN_REGEX = r"(?P<command>[A-Z]+)(?P<parameter>[0-9,\+\-\.E]+)"  # pymeasure's QueryLearn
 
@@ -508,6 +508,183 @@ def test_lrn_ranges(core):
     core.handle("RI 1,-14;RV 2,12")
     got = lrn(core, 32)
     assert got["RI1"] == "1,-14" and got["RV2"] == "2,12" and got["RI3"] == "3,0"
+
+
+# ------------------------------------------------- staircase sweep, sampling, SPGU, *OPC?
+
+
+def sweep(core, hw, fmt: str, steps: int = 3) -> str:
+    core.handle(f"CN 1;FMT {fmt};WM 1,1;WV 1,1,0,0,0.2,{steps},1E-3;MM 2,1")
+    hw.calls.clear()
+    (data,) = core.handle("XE")
+    return data
+
+
+@pytest.mark.parametrize("fmt, size, source", [
+    ("1,1", 16, ["WAV+000.000E+00", "WAV+000.100E+00", "EAV+000.200E+00"]),
+    ("11,1", 17, ["WAV+000.0000E+00", "WAV+000.1000E+00", "EAV+000.2000E+00"]),
+    # GUESS (as the emulator): FMT 21 puts the W/E letter right-aligned in the status digits
+    ("21,1", 19, ["  WAv+000.0000E+00", "  WAv+000.1000E+00", "  EAv+000.2000E+00"]),
+])
+def test_sweep_data_pairs_each_reading_with_its_source_value_at_exact_widths(core, hw, fmt, size, source):
+    """Programming guide: per step the measured channels, then (FMT mode 1) the sweep source's
+    output, status W for the first and intermediate steps and E for the last; pymeasure reads
+    fixed byte counts (16/17/19 with the separator), so every field has the same width."""
+    hw.currents[1] = 2.5e-6
+    fields = sweep(core, hw, fmt).split(",")
+    assert fields[1::2] == source
+    reading = {"1,1": "NAI+002.500E-06", "11,1": "NAI+002.5000E-06", "21,1": "000AI+002.5000E-06"}[fmt]
+    assert fields[0::2] == [reading] * 3
+    assert {len(f) + 1 for f in fields} == {size}
+    assert [c[1][1] for c in hw.named("apply")] == [(0.0, 1e-3), (0.1, 1e-3), (0.2, 1e-3), (0.0, 1e-3)]
+    assert error_codes(core) == []
+
+
+def test_sweep_without_source_output_and_with_two_measured_channels(core, hw):
+    hw.currents.update({1: 1e-6, 2: -2e-6})
+    core.handle("CN 1,2;DV 2,0,0,1E-3;FMT 1,0;WV 1,1,0,0.1,0.3,2,1E-3;MM 2,1,2")
+    assert core.handle("XE") == ["NAI+001.000E-06,NBI-002.000E-06,NAI+001.000E-06,NBI-002.000E-06"]
+
+
+def test_sweep_automatic_abort_stops_at_compliance_and_returns_to_the_start(core, hw):
+    hw.currents[1] = 5e-3                         # past the 1 mA compliance at every step
+    core.handle("CN 1;FMT 1,1;WM 2,2;WV 1,1,0,0.1,0.5,5,1E-3;MM 2,1")
+    assert core.handle("XE") == ["CAI+001.000E-03,EAV+000.100E+00"]   # one step, marked last
+    assert core.outputs()[1] == (0.1, 1e-3)       # abort: the start value, not the post (stop) value
+    hw.currents[1] = 1e-6
+    core.handle("XE")
+    assert core.outputs()[1] == (0.5, 1e-3)       # WM 2,2 without an abort: the stop value
+
+
+def test_two_way_and_log_sweeps(core, hw):
+    core.handle("CN 1;FMT 1,1;WV 1,3,0,0,0.2,3,1E-3;MM 2,1")
+    (data,) = core.handle("XE")
+    assert [f[3:] for f in data.split(",")[1::2]] == [
+        "+000.000E+00", "+000.100E+00", "+000.200E+00", "+000.200E+00", "+000.100E+00", "+000.000E+00"]
+    core.handle("WV 1,2,0,0.01,1,3,1E-3")
+    (data,) = core.handle("XE")
+    assert [float(f[3:]) for f in data.split(",")[1::2]] == pytest.approx([0.01, 0.1, 1.0])
+    core.handle("WV 1,2,0,0,1,3,1E-3")           # a log sweep cannot start at 0 V
+    assert error_codes(core) == [120]
+
+
+def test_lrn_33_reports_the_sweep_set_up_as_qcodes_parses_it(core):
+    from qcodes.instrument_drivers.Keysight.keysightb1500.KeysightB1517A import KeysightB1500IVSweeper as Sweeper
+
+    core.handle("CN 1,2;WT 0.1,0.01,0.002;WM 2,2;WV 1,3,0,0,1.5,11,1E-3,0.01;WSV 2,0,0,-1,2E-3")
+    reply = one(core, "*LRN? 33")
+    assert reply == ("WM2,2;WT+1.0000E-01,+1.0000E-02,+2.0000E-03,0,0;"
+                     "WSV2,0,+0.0000E+00,-1.0000E+00,+2.0000E-03;"
+                     "WV1,3,0,+0.0000E+00,+1.5000E+00,11,+1.0000E-03,+1.0000E-02")
+    assert re.sub(LRN_REGEX, "", reply).strip(";") == ""
+    steps = Sweeper._get_sweep_steps_parser(reply)
+    assert (int(steps["chan"]), int(steps["sweep_mode"]), float(steps["sweep_end"]),
+            int(steps["sweep_steps"])) == (1, 3, 1.5, 11)
+    assert Sweeper._get_sweep_delays_parser(reply) == {
+        "hold_time": 0.1, "delay": 0.01, "step_delay": 0.002, "trigger_delay": 0.0, "measure_delay": 0.0}
+
+
+@pytest.mark.parametrize("kind, setup", [
+    (33, "CN 1,2;WT 0.1,0.01,0.002;WM 2,2;WV 1,3,0,0,1.5,11,1E-3,0.01;WSV 2,0,0,-1,2E-3"),
+    (47, "CN 1,2;MT 0.1,2E-3,5,0.05;ML 1;MSC 2,2;MV 1,0,0,0.2,1E-3;MV 2,0,0.1,-0.3,2E-3"),
+])
+def test_lrn_replies_are_commands_that_restore_the_settings(hw, kind, setup):
+    """*LRN? answers command names with their parameters: sent back to a reset instrument,
+    they give the same settings (the use the guide makes of it)."""
+    first = B1500ACore(hw)
+    first.handle(setup)
+    reply = one(first, f"*LRN? {kind}")
+    second = B1500ACore(hw)
+    second.handle("CN 1,2;" + reply)
+    assert errors(second) == []
+    assert one(second, f"*LRN? {kind}") == reply
+
+
+def test_lrn_47_sampling_settings(core):
+    assert one(core, "*LRN? 47") == "MT0,+2.0000E-03,1000,0;ML1;MSC1,1"
+    core.handle("CN 1;MT 0.1,2E-3,5,0.05;MSC 2,2;MV 1,0,0,0.2,1E-3")
+    assert one(core, "*LRN? 47") == ("MT+1.0000E-01,+2.0000E-03,5,+5.0000E-02;ML1;MSC2,2;"
+                                     "MV1,0,+0.0000E+00,+2.0000E-01,+1.0000E-03")
+
+
+def test_sampling_mm10_samples_at_the_interval_then_returns_to_base(core, hw):
+    """MM 10: the base value for the base hold, the bias for the bias hold, then one reading
+    per interval; MSC post 1 returns the source to its base value."""
+    hw.currents[1] = 3e-6
+    core.handle("CN 1;TSC 1;MT 0.01,0.002,3,0.02;MV 1,0,0.05,0.2,1E-3;MM 10,1;TSR")
+    hw.calls.clear()
+    (data,) = core.handle("XE")
+    fields = data.split(",")
+    assert fields[1::2] == ["NAI+003.000E-06"] * 3
+    stamps = [float(f[3:]) for f in fields[0::2]]
+    assert all(f.startswith("NAT") and len(f) == 15 for f in fields[0::2])
+    assert [b - a for a, b in zip(stamps, stamps[1:])] == pytest.approx([0.002, 0.002], abs=1e-4)
+    assert [c[1][1] for c in hw.named("apply")] == [(0.05, 1e-3), (0.2, 1e-3), (0.05, 1e-3)]
+    waits = [c[1] for c in hw.named("advance")]
+    assert 0.02 in waits and 0.01 in waits         # base hold, then bias hold
+
+
+def test_sampling_abort_at_compliance_and_post_bias(core, hw):
+    hw.currents[1] = 5e-3
+    core.handle("CN 1;MT 0,0.002,5;MSC 2,2;MV 1,0,0,0.2,1E-3;MM 10,1")
+    assert core.handle("XE") == ["CAI+001.000E-03"]
+    assert core.outputs()[1] == (0.2, 1e-3)      # post 2: left at the bias
+    core.handle("MV 1,0,0,150,1E-3")             # beyond the SMU's 100 V
+    core.handle("MM 10,3")                       # slot 3 holds an SMU that is off
+    assert core.handle("XE") == []
+    assert error_codes(core) == [120, 200]
+
+
+@pytest.fixture
+def spgu(hw):
+    hw.note_pulse = lambda peak, width, compliance: hw.calls.append(("note_pulse", peak, width, compliance))
+    c = B1500ACore(hw, modules={1: "B1517A", 5: "B1525A"})
+    hw.calls.clear()
+    return c
+
+
+def test_spgu_queries_answer_what_was_set(spgu):
+    spgu.handle("CN 501;SIM 0;SPPER 1E-5;SPRM 1,20;SER 501,1E6;SPM 501,3;SPT 501,1,1E-7,1E-6,2E-8,3E-8;"
+                "SPV 501,1,0.1,1.5;SPV 501,2,0,-0.5;ODSW 501,1,0,1E-7,2E-6")
+    assert errors(spgu) == []
+    assert spgu.handle("SPV? 501,1;SPV? 501,2;SPT? 501,1;SPM? 501;SER? 501;SPRM?;SPPER?;SIM?;ODSW? 501") == [
+        "+1.0000E-01,+1.5000E+00", "+0.0000E+00,-5.0000E-01", "+1.0000E-07,+1.0000E-06,+2.0000E-08,+3.0000E-08",
+        "3", "+1.0000E+06", "1,20", "+1.0000E-05", "0", "1,0,+1.0000E-07,+2.0000E-06"]
+    assert spgu.handle("SPV? 502,0") == ["+0.0000E+00,+0.0000E+00"]   # the other channel, as reset
+    assert spgu.handle("SPV? 101,1") == [] and error_codes(spgu) == [208]
+
+
+def test_spgu_status_idle_after_a_counted_run_busy_in_a_free_run(spgu, hw):
+    spgu.handle("CN 501;SIM 0;SPPER 1E-5;SPRM 1,4;SER 501,1E6;SPM 501,1;SPT 501,1,0,1E-6,2E-8;SPV 501,1,0,1")
+    assert spgu.handle("SRP;SPST?") == ["0"]        # a counted run is over when SRP is done
+    assert len(hw.named("note_pulse")) == 4
+    spgu.handle("SPRM 0;SRP")
+    assert spgu.handle("SPST?") == ["1"]
+    spgu.handle("SPP")
+    assert spgu.handle("SPST?") == ["0"]
+    assert spgu.outputs()[501] == (0.0, 0.0)        # SPP: back at the base level
+    assert error_codes(spgu) == []
+
+
+def test_spgu_refuses_a_pulse_that_does_not_fit_the_period_and_a_run_with_nothing_on(spgu, hw):
+    spgu.handle("SIM 0;SPPER 1E-6;SPRM 1,1;SPM 501,1;SPT 501,1,0,1E-6,2E-8")
+    assert spgu.handle("SRP;SPST?") == [] and error_codes(spgu) == [205]   # 501 is off
+    spgu.handle("CN 501;SRP")
+    assert error_codes(spgu) == [206] and hw.named("note_pulse") == []
+
+
+@pytest.mark.parametrize("message, first", [("XE;*OPC?", "1"), ("XE;ERRX?", NO_ERROR), ("XE;*OPC?;ERRX?", "1")])
+def test_query_replies_come_before_the_data_of_an_xe_in_the_same_message(on, hw, message, first):
+    """The guide keeps query replies (query buffer) apart from measurement data (data output
+    buffer); clients read `*OPC?` sent after XE before the sweep data. GUESS: on a socket,
+    within one message the query buffer goes out first."""
+    hw.currents[1] = 1e-6
+    on.handle("FMT 1,1;WV 1,1,0,0,0.2,2,1E-3;MM 2,1")
+    replies = on.handle(message)
+    assert replies[0] == first
+    assert replies[-1] == "NAI+001.000E-06,WAV+000.000E+00,NAI+001.000E-06,EAV+000.200E+00"
+    assert len(replies) == message.count("?") + 1
+    assert on.handle("XE") == replies[-1:] and on.handle("*OPC?") == ["1"]   # one message each: in order
 
 
 # ---------------------------------------------------------- pymeasure, unmodified

@@ -41,3 +41,25 @@ def test_demo_tunes_the_checkerboard(tmp_path):
     assert run.load_array("final").shape == (8, 8)
     for line in ("devices", "in tolerance", "pulses per device", "run data"):
         assert line in stdout
+
+
+FAST_BENCHES = ["sim-4200-707b", "sim-b1500-wgfmu-e5250"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("bench", FAST_BENCHES)
+def test_demo_on_every_shipped_bench(tmp_path, bench):
+    """`memlab demo --bench NAME`: the same criterion on the benches with a fast pulse source,
+    where reads and pulses run as pulse-and-read sequences (journaled as `sequence`)."""
+    out = tmp_path / "demo.json"
+    child = memlab_cli("demo", "--bench", bench, "--json", str(out), "--store", str(tmp_path / "store"))
+    stdout, stderr = child.communicate(timeout=1100)
+    assert child.returncode == 0, stderr
+    summary = json.loads(out.read_text())
+    assert summary["simulator_truth"]["fraction_in_tolerance_non_stuck"] >= 0.95
+    assert summary["simulator_truth"]["hazards"] == []
+    (info,) = RunStore(tmp_path / "store").runs()
+    run = RunStore(tmp_path / "store").get_run(info["id"])
+    journaled = len(run.operations("pulse")) + sum(len(op["extra"]["voltages"]) for op in run.operations("sequence"))
+    assert journaled == round(summary["pulses_per_device"] * 64)

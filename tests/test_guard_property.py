@@ -13,9 +13,10 @@ command logs, parsed here without the drivers' code.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings, target
@@ -121,7 +122,9 @@ b1500_command = st.one_of(
     msg(st.sampled_from(["CN ", "CL ", "DZ "]), slot),
     msg(st.sampled_from(["XE", "XE", "CN", "CL", "*RST", "DZ", "RZ 1", "DI 1,0,1e-3,2", "WV 1,1,0,0,2.5,11",
                          "WT 0,0", "WM 2,1", "TDV 1,0,50,0.1", "SPV 101,1,0,2.5", "SRP", "ERRX?", "UNT?",
-                         "*IDN?", "TI 1,0", "TV 2", "FMT 1,0", "AAD 1,1", "XYZ 1", "*CLS", "*TRG"])),
+                         "*IDN?", "TI 1,0", "TV 2", "FMT 1,0", "AAD 1,1", "XYZ 1", "*CLS", "*TRG",
+                         "WSV 2,0,0,0.5,1e-3", "MM 2,1", "MT 0,0.002,3", "MV 1,0,0,0.2,1e-3", "MSC 1,1",
+                         "MM 10,1", "SPP", "SPST?", "ODSW 101,0"])),
 )
 # a whole pulsed spot set-up with its trigger, the likeliest to put energy into a device
 b1500_pulse = msg("CN ", slot, ";PT 0,", rel_width, ";PV ", slot, ",0,", rel_volts, ",", rel_volts, ",", rel_amps,
@@ -204,25 +207,131 @@ def run_action(xbar: InstrumentCrossbar, act: tuple, limits: Limits) -> None:
 
 ANALYZER_SAFE = {"*RST", "*IDN?", "*OPC?", "*STB?", "*LRN?", "UNT?", "ERRX?", "ERR?", "FMT", "AV", "AIT",
                  "AAD", "AZ", "FL", "CMM", "RI", "RV", "TSC", "TSR", "BC", "CN", "CL", "DZ", "DV", "PT", "PV",
-                 "MM", "XE", "TI", "TV", "TTI", "TTV", "TIV", "TTIV"}
+                 "MM", "XE", "TI", "TV", "TTI", "TTV", "TIV", "TTIV",
+                 # staircase sweep and sampling
+                 "WT", "WM", "WV", "WSV", "MT", "MV", "ML", "MSC",
+                 # SPGU (B1525A) and its queries
+                 "SIM", "SPPER", "SPRM", "SPV", "SPT", "SPM", "SER", "SPUPD", "SRP", "SPP", "ODSW",
+                 "SPST?", "SPV?", "SPT?", "SPM?", "SER?", "SPRM?", "SPPER?", "SIM?", "ODSW?"}
+SPGU_OUTPUT_OHM = 50.0   # B1525A output impedance (programming guide, SER)
+
+
+@dataclass
+class _SpguSeen:
+    """What the log has set on one SPGU channel since the check began (None: not seen)."""
+
+    on: bool = False
+    mode: int = 0         # SPM: 0 DC (the reset's), 1 or 2 one pulse source, 3 both
+    load: float | None = None
+    levels: dict = field(default_factory=dict)   # source -> (base, peak)
+    timing: dict = field(default_factory=dict)   # source -> (delay, width, leading, trailing)
+
+
+def _spgu_channel_list(args: list[float]) -> list[int] | None:
+    """The SPGU channels (slot x 100 + 1 or 2) of a CN/CL list; None: a bare CN/CL (all)."""
+    return None if not args else [int(a) for a in args if a > 100]
+
+
+def _check_spgu_run(seen: dict[int, _SpguSeen], limits: Limits, cmd: str, pulses: bool,
+                    only: list[int] | None = None) -> None:
+    """At SPUPD (`only` its channels, if it names any) or SRP: every SPGU channel that is on
+    puts out what the log set on it. Its
+    line sees the open voltage of a source set for the SER load, V (R + 50) / R; it has no
+    compliance, so a level held and a pulse's energy are bounded by the current into a
+    short through the 50 ohm output."""
+    for ch, c in seen.items():
+        if not c.on or (only is not None and ch not in only):
+            continue
+        sources = {0: (0,), 1: (1,), 2: (2,), 3: (1, 2)}[c.mode]
+        for src in sources:
+            if src not in c.levels:
+                continue    # still at the reset's 0 V
+            assert c.load is not None, f"SPGU {ch} puts out a level for a load never set: {cmd!r}"
+            scale = (c.load + SPGU_OUTPUT_OHM) / c.load
+            base, peak = (scale * v for v in c.levels[src])
+            assert abs(base) <= limits.max_line_voltage + EPS, (cmd, ch, base)
+            # a level held: nothing but the 50 ohm output limits its current
+            assert abs(base) / SPGU_OUTPUT_OHM <= limits.compliance_current + EPS, (cmd, ch, base)
+            if not pulses or src == 0:
+                continue
+            assert abs(peak) <= limits.max_line_voltage + EPS, (cmd, ch, peak)
+            assert src in c.timing, f"SPGU {ch} pulses with timing never set: {cmd!r}"
+            delay, width, lead, trail = c.timing[src]
+            span = width + lead + trail
+            assert span <= limits.max_pulse_width * (1 + 1e-9), (cmd, ch, span)
+            assert peak * peak / SPGU_OUTPUT_OHM * span <= limits.max_pulse_energy * (1 + 1e-9), (cmd, ch)
 
 
 def check_analyzer_log(commands: list[str], limits: Limits) -> None:
+    """Every command is one the checker knows, and every level, compliance and pulse it sets
+    is within the limits (the SPGU's: from what the log set on its channels)."""
+    spgu: dict[int, _SpguSeen] = {}
+    all_on = False   # a bare CN switched on every SPGU channel, those not named yet too
+
+    def channel(ch: float) -> _SpguSeen:
+        return spgu.setdefault(int(ch), _SpguSeen(on=all_on))
+
     for cmd in commands:
         m = re.match(r"(\*?[A-Z]+\??)\s*(.*)$", cmd.upper())
         assert m and m.group(1) in ANALYZER_SAFE, f"unchecked command reached the analyzer: {cmd!r}"
         name, rest = m.groups()
         args = [float(a) for a in rest.split(",")] if rest.strip() else []
-        if name == "DV":
-            assert abs(args[2]) <= limits.max_line_voltage + EPS, cmd
+        assert all(math.isfinite(a) for a in args), cmd
+
+        def line(*indices):
+            for k in indices:
+                assert abs(args[k]) <= limits.max_line_voltage + EPS, cmd
+
+        def compliance(k):
+            if len(args) > k:
+                assert 0 < abs(args[k]) <= limits.compliance_current + EPS, cmd
+
+        if name == "*RST":
+            spgu.clear()
+            all_on = False
+        elif name == "DV":
+            line(2)
             if len(args) > 3 and args[2] != 0:
                 assert 0 < args[3] <= limits.compliance_current + EPS, cmd
         elif name == "PV":
-            assert max(abs(args[2]), abs(args[3])) <= limits.max_line_voltage + EPS, cmd
+            line(2, 3)
+            compliance(4)
         elif name == "PT":
             assert 0 < args[1] <= limits.max_pulse_width + EPS, cmd
         elif name == "MM":
-            assert args[0] in (1, 3), cmd
+            assert args[0] in (1, 2, 3, 10), cmd
+        elif name == "WV":          # WV ch,mode,range,start,stop,steps[,Icomp[,Pcomp]]
+            line(3, 4)
+            compliance(6)
+        elif name == "WSV":         # WSV ch,range,start,stop[,Icomp[,Pcomp]]
+            line(2, 3)
+            compliance(4)
+        elif name == "MV":          # MV ch,range,base,bias,Icomp
+            line(2, 3)
+            compliance(4)
+        elif name in ("CN", "CL"):
+            listed = _spgu_channel_list(args)
+            if listed is None:
+                all_on = name == "CN"
+            for ch in (list(spgu) if listed is None else listed):
+                channel(ch).on = name == "CN"
+        elif name == "SIM":
+            assert args == [0], f"only the pulse generator mode is checked: {cmd!r}"
+        elif name == "SPRM":        # a free run (mode 0) has no end
+            assert args and args[0] in (1, 2), cmd
+        elif name == "SPV":         # SPV ch,src,base[,peak]
+            line(*range(2, len(args)))
+            channel(args[0]).levels[int(args[1])] = (args[2], args[-1])
+        elif name == "SPT":         # SPT ch,src,delay,width,leading[,trailing]
+            channel(args[0]).timing[int(args[1])] = tuple(args[2:5]) + (args[5] if len(args) > 5 else args[4],)
+        elif name == "SPM":
+            channel(args[0]).mode = int(args[1])
+        elif name == "SER":
+            assert args[1] > 0, cmd
+            channel(args[0]).load = args[1]
+        elif name in ("SPUPD", "SRP"):
+            _check_spgu_run(spgu, limits, cmd, pulses=name == "SRP",
+                            only=[int(a) for a in args] if args else None)
 
 
 def check_switch_log(commands: list[str]) -> None:
@@ -278,6 +387,25 @@ def test_nothing_outside_the_limits_reaches_an_instrument(emulated, limits, acti
     assert bench.hazards == []
     check_analyzer_log(received(bench, "analyzer")[start["analyzer"]:], limits)
     check_switch_log(received(bench, "switch")[start["switch"]:])
+
+
+def test_the_log_checker_accepts_sweeps_sampling_and_spgu_within_the_limits_only():
+    limits = Limits(max_line_voltage=1.0, max_device_voltage=1.0, compliance_current=1e-3,
+                    max_pulse_width=1e-5, max_pulse_energy=1e-6)
+    spgu = ["CN 101", "SIM 0", "SPPER 1E-4", "SPRM 1,3", "SER 101,1E6", "SPM 101,1",
+            "SPT 101,1,0,1E-6,2E-8,2E-8", "SPV 101,1,0,0.9", "SPUPD 101", "SRP", "SPST?", "SPP"]
+    fine = ["WT 0,0,0", "WM 1,1", "WV 1,1,0,0,1,5,1E-3", "WSV 2,0,0,-1,1E-3", "MM 2,1", "XE", "MT 0,0.002,3,0",
+            "MV 1,0,0,0.9,1E-3", "MSC 1,1", "ML 1", "MM 10,1", "XE", "ODSW 101,0", *spgu, "*LRN? 33"]
+    check_analyzer_log(fine, limits)
+    for breach in (["WV 1,1,0,0,1.2,5,1E-3"], ["WV 1,1,0,0,1,5,2E-3"], ["WSV 2,0,-1.5,0,1E-3"],
+                   ["MV 1,0,0,1.1,1E-3"], ["MV 1,0,0,0.5,0.1"], ["MM 4,1"], ["SPRM 0"], ["SIM 1"],
+                   ["SPV 101,1,0,1.2"],
+                   [s.replace("SER 101,1E6", "SER 101,50") for s in spgu],           # 1.8 V on the line
+                   [s.replace("1E-6,2E-8", "2E-5,2E-8") for s in spgu],              # too wide
+                   [s.replace("SPV 101,1,0,0.9", "SPV 101,1,0.9,0.9") for s in spgu][:9],  # DC from the SPGU
+                   [s for s in spgu if not s.startswith("SER")]):                    # load unknown
+        with pytest.raises(AssertionError):
+            check_analyzer_log(breach, limits)
 
 
 def test_the_property_is_not_vacuous(emulated):

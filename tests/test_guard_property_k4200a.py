@@ -1,6 +1,7 @@
 """Property (steps 1 and 2 of the 4200A): whatever a caller sends through the K4200A driver's
-raw path (`write`, `send`, `query`) or its public methods (SMU levels and reads, PMU pulses
-and pulse-and-read sequences, the safe state), with any bench limits and in any order, the
+raw path (`write`, `send`, `query`: KXCI user mode, the PMU's segment ARB and memlab's KULT
+module by `EX`) or its public methods (SMU levels and reads, PMU pulses, pulse-and-read
+sequences and the KULT module, the safe state), with any bench limits and in any order, the
 simulated hardware is never exposed beyond the limits, and no message the guard refused
 reaches the emulated instrument. Modelled on test_guard_property.py; the log checker here is
 written from the KXCI commands, independently of the driver's grammar."""
@@ -16,11 +17,11 @@ from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
 
 from drivers.e5250a import E5250A
-from drivers.errors import DriverError, LimitError
+from drivers.errors import DriverError
 from drivers.interfaces import PulseStep
 from drivers.k4200a import K4200A
 from drivers.limits import Limits
-from helpers import one_torch_thread  # noqa: F401
+from helpers import one_torch_thread, recording_writes  # noqa: F401  (one_torch_thread: a fixture)
 from simulator.bench import Exposure, SimulatedBench
 from test_k4200a_emulator import bench_spec
 
@@ -135,8 +136,15 @@ arb = msg(":PMU:MEASURE:RANGE 1,2,", st.sampled_from(["1e-4", "1e-3", "0.01"]), 
           ";:PMU:SARB:SEQ:STOPV 2,1,", rel_volts, ",", rel_volts, ",0",
           ";:PMU:SARB:WFM:SEQ:LIST 1,1,1;:PMU:SARB:WFM:SEQ:LIST 2,1,", st.sampled_from(["1", "3"]),
           ";:PMU:OUTPUT:STATE 1,1;:PMU:OUTPUT:STATE 2,", st.sampled_from(["0", "1"]), ";:PMU:EXECUTE")
+# memlab's KULT module called by hand (drivers/kult/memlab_pulse_read.md): it plays its own test
+kult = msg(st.sampled_from(["UL;", ""]), "EX memlab_kult PulseRead(", st.sampled_from(["1,2", "2,1", "1,1", "1,3"]),
+           ",", rel_volts, ",", st.one_of(st.just("0"), rel_volts), ",", st.one_of(rel_width, grid_width), ",",
+           rel_volts, ",", st.sampled_from(["1e-6", "2e-8", "1e-5"]), ",", st.sampled_from(["1", "2"]), ",",
+           st.sampled_from(["0", "1", "3"]), ",", st.one_of(rel_amps, st.sampled_from(["1e-4", "1e-3", "0.01", "0.2"])),
+           st.sampled_from([",,", ",5,"]), st.sampled_from(["8", "1"]), st.sampled_from([")", ""]),
+           st.sampled_from(["", ";GP 11", ";US"]))
 TERMINATORS = st.sampled_from(["\n", "\r", "\r\n", "\x00"])
-raw = st.one_of(joined(4), joined(4), arb, st.builds(
+raw = st.one_of(joined(4), joined(4), arb, kult, kult, st.builds(
     lambda m, t, tail: Message(m.parts + (t, tail)), joined(3), TERMINATORS,
     st.sampled_from(["DV1,0,20,0.1", ":PMU:LOAD 1,50", ":PMU:OUTPUT:STATE 1,1;:PMU:EXECUTE"])))
 
@@ -156,6 +164,9 @@ action = st.one_of(
               st.lists(step, min_size=1, max_size=4)),
     st.tuples(st.just("check_sequence"), st.sampled_from([(101, 102)]), st.lists(step, min_size=1, max_size=3)),
     st.tuples(st.just("pulse"), st.sampled_from([101, 102, 1]), volts, rel_width),
+    st.tuples(st.just("pulse_read"), st.sampled_from([(101, 102), (102, 101), (101, 101)]),
+              st.one_of(st.none(), st.tuples(volts, st.one_of(st.just(0.0), rel_volts), rel_width)),
+              st.tuples(volts, st.sampled_from([1e-6, 1e-5])), st.integers(1, 3), st.integers(0, 3)),
     st.tuples(st.sampled_from(["safe_state", "enable"])),
     st.tuples(st.sampled_from(["connect", "disconnect"]), routes),
     st.tuples(st.just("route")),
@@ -171,6 +182,8 @@ def run_action(k: K4200A, sw: E5250A, act, limits: Limits) -> None:
              "run_sequence": lambda pair, steps: k.run_sequence(*pair, steps),
              "check_sequence": lambda pair, steps: k.check_sequence(*pair, steps),
              "pulse": lambda ch, v, w: k.pulse(ch, 0.0, v, w), "safe_state": k.safe_state,
+             "pulse_read": lambda pair, write, read, reads, writes: k.pulse_read(
+                 *pair, write=write, read=read, reads=reads, writes=writes),
              "enable": lambda: k.enable([1, 2, 3, 4]),
              "connect": lambda r: sw.connect(r), "disconnect": lambda r: sw.disconnect(r),
              "route": lambda: sw.connect(ROUTE)}
@@ -189,7 +202,7 @@ SAFE = {"*IDN?", "ID", "*OPT?", "*RST", "SP", "BC", ":ERROR:LAST:GET", ":ERROR:L
         ":PMU:PULSE:TIMES", ":PMU:PULSE:BURST:COUNT", ":PMU:SARB:SEQ:TIME", ":PMU:SARB:SEQ:STARTV",
         ":PMU:SARB:SEQ:STOPV", ":PMU:SARB:SEQ:MEAS:TYPE", ":PMU:SARB:SEQ:MEAS:START", ":PMU:SARB:SEQ:MEAS:STOP",
         ":PMU:SARB:WFM:SEQ:LIST", ":PMU:OUTPUT:STATE", ":PMU:EXECUTE", ":PMU:ABORT", ":PMU:TEST:STATUS?",
-        ":PMU:DATA:COUNT?", ":PMU:DATA:GET"}
+        ":PMU:DATA:COUNT?", ":PMU:DATA:GET", "EX", "GP", "GD"}
 
 
 def check_log(messages: list[str], limits: Limits) -> None:
@@ -209,6 +222,12 @@ def check_log(messages: list[str], limits: Limits) -> None:
             elif name in (":PMU:SARB:SEQ:STARTV", ":PMU:SARB:SEQ:STOPV", ":PMU:PULSE:TRAIN"):
                 # a set-up array may hold anything: only EXECUTE plays it, and the exposure says what it did
                 pass
+            elif name == "EX":
+                # the module's levels and widths show in the exposure; its current range bounds the energy
+                m = re.fullmatch(r"memlab_kult PulseRead\((.*)\)", rest.strip())
+                assert m, f"an unchecked user module reached the 4200A: {cmd!r}"
+                kult_args = m.group(1).split(",")
+                assert float(kult_args[9]) <= limits.compliance_current + EPS and kult_args[10] == "", cmd
             elif name == ":PMU:LOAD":
                 assert float(args[1]) >= 1e6, cmd
             elif name == ":PMU:RPM:CONFIGURE":
@@ -223,18 +242,7 @@ def test_nothing_outside_the_limits_reaches_the_4200a(emulated, limits, actions)
     server = bench.servers["analyzer"]
     k = K4200A(bench.resources["analyzer"], name="analyzer", limits=limits, timeout_s=5)
     sw = E5250A(bench.resources["switch"], name="switch", timeout_s=5)
-    refused, accepted = set(), set()
-    write = k.write
-
-    def recording_write(message: str) -> None:
-        try:
-            write(message)
-        except LimitError:
-            refused.add(message)
-            raise
-        accepted.add(message)
-
-    k.write = recording_write
+    refused, accepted = recording_writes(k)   # the methods' own messages pass there too
     try:
         k.initialize()
         sw.initialize()

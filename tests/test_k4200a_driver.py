@@ -187,3 +187,108 @@ def test_preflight_check_of_a_pulse_plan_sends_nothing():
     K4200A.check_pulse_plan(LIMITS, 0.0, 1.0, 1e-3)     # 1 uJ: at the limit
     with pytest.raises(LimitError):
         K4200A.check_pulse_plan(LIMITS, 0.0, 1.5, 1e-3)
+
+
+def test_an_injected_execution_error_is_raised_with_its_code_and_not_retried(rig):
+    bench, k, _ = rig
+    bench.cores["analyzer"].inject_error(1)
+    before = len(log(bench))
+    with pytest.raises(InstrumentError) as info:
+        k.set_voltages({1: 0.3})
+    assert (info.value.code, info.value.message) == (-998, "Execution error: instrument busy")
+    new = log(bench)[before:]
+    assert sum("DV1,0,0.3" in m for m in new) == 1              # sent once, not repeated
+    assert new[-1] == ":ERROR:LAST:CLEAR"                        # the error cleared, nothing else sent
+    assert bench.source_outputs()[("analyzer", 1)] == (0.0, LIMITS.compliance_current)
+    assert k.guard.state.levels[1] is None                       # the level is unknown until told again
+    k.set_voltages({1: 0.3})                                     # the caller decides to send it again
+    assert bench.source_outputs()[("analyzer", 1)] == (0.3, LIMITS.compliance_current)
+
+
+def test_an_execution_error_on_a_pmu_test_set_up_sends_no_execute(rig):
+    bench, k, sw = rig
+    bench.cores["analyzer"].inject_error(1)
+    before, sent = len(log(bench)), k.pulses_sent
+    with pytest.raises(InstrumentError) as info:
+        k.run_sequence(101, 102, [PulseStep(0.3, 0, 1e-6, measure=True)])
+    assert info.value.code == -998
+    assert not any(":PMU:EXECUTE" in m for m in log(bench)[before:])
+    assert k.pulses_sent == sent and bench.exposure.pulses == 0
+    with pytest.raises(LimitError):                              # what the failed set-up left is unknown
+        k.write(":PMU:EXECUTE")
+
+
+def test_an_execution_error_on_a_read_raises_it_and_the_read_is_not_repeated(rig):
+    bench, k, sw = rig
+    sw.connect([(1, 1), (2, 5), *OTHERS])
+    bench.cores["analyzer"].inject_error(1)
+    before = len(log(bench))
+    with pytest.raises(InstrumentError) as info:
+        k.measure_current(2, levels={1: 0.2}, then={1: 0.0})
+    assert info.value.code == -998
+    assert sum("TI2" in m for m in log(bench)[before:]) == 1
+
+
+def test_the_kult_pulse_read_module_writes_then_reads_g_times_v(rig):
+    bench, k, sw = rig
+    sw.connect([(5, 1), (6, 5), *OTHERS])
+    g0 = float(bench.conductances()[0, 0])
+    before, sent = len(log(bench)), k.pulses_sent
+    currents = k.pulse_read(101, 102, write=None, read=(0.2, 1e-6), reads=2)
+    assert currents == [pytest.approx(-0.2 * g0, rel=0.05)] * 2
+    currents = k.pulse_read(101, 102, write=(1.2, 0.0, 2e-4), read=(0.2, 1e-6), reads=1, writes=3)
+    g = [float(-i / 0.2) for i in currents]
+    assert g[0] > g0 * 1.01 and g[0] < g[1] < g[2]              # each SET pulse raises the conductance
+    assert g[2] == pytest.approx(float(bench.conductances()[0, 0]), rel=0.05)
+    new = log(bench)[before:]
+    assert sum(m.startswith("EX memlab_kult PulseRead(") for m in new) == 2 and k.pulses_sent == sent + 2
+    assert bench.exposure.pulses == 2 + 3 + 3                    # every read and write a separate pulse
+    assert all(v is None for key, v in bench.source_outputs().items() if key[1] > 100)   # outputs off after
+    k.run_sequence(101, 102, [PulseStep(0.2, 0, 1e-6, measure=True)])   # segment ARB set up again
+
+
+@pytest.mark.parametrize("plan", [
+    dict(write=(1.8, 0.0, 1e-4), read=(0.2, 1e-6)),              # over max_device_voltage
+    dict(write=(1.0, -0.8, 1e-4), read=(0.2, 1e-6)),             # 1.8 V between drive and sense
+    dict(write=(1.0, 0.0, 2e-3), read=(0.2, 1e-6)),              # over max_pulse_width
+    dict(write=(1.5, 0.0, 8e-4), read=(0.2, 1e-6)),              # 1.5 V x 1 mA x 0.8 ms > 1 uJ
+    dict(write=None, read=(0.2, 1e-6), reads=300),               # too long to check
+])
+def test_the_guard_checks_the_kult_module_like_any_pulse(rig, plan):
+    bench, k, _ = rig
+    before = list(log(bench))
+    with pytest.raises(LimitError):
+        k.pulse_read(101, 102, **plan)
+    assert log(bench) == before
+
+
+@pytest.mark.parametrize("message", [
+    "EX memlab_kult PulseRead(1,2,0.5,0,1e-4,0.2,1e-6,1,1,1e-1,,1)",      # IRange over the compliance
+    "EX memlab_kult PulseRead(1,2,0.5,0,1e-4,0.2,1e-6,1,1,1e-3,5,1)",     # the output slot not blank
+    "EX memlab_kult Other(1,2,0.5,0,1e-4,0.2,1e-6,1,1,1e-3,,1)",          # a module nobody checked
+    "EX memlab_kult PulseRead(1,2,0.5,0,1e-4,0.2,1e-6,1,1,1e-3,,1",       # unbalanced
+])
+def test_the_guard_refuses_kult_calls_it_cannot_prove(rig, message):
+    bench, k, _ = rig
+    with pytest.raises(LimitError):
+        k.write(message)
+
+
+def test_the_guard_bounds_the_kult_module_through_the_divider():
+    probe = K4200A._probe(LIMITS, {101: (2 / 3, 1 / 3)})
+    plan = dict(write=(2.0, 0.0, 1e-4), read=(0.3, 1e-6))
+    probe.check_pulse_read(101, 102, **plan)                     # 2 V on the channel, 1.33 V on the lines
+    with pytest.raises(LimitError):
+        K4200A._probe(LIMITS).check_pulse_read(101, 102, **plan)
+
+
+def test_a_lost_kult_reply_is_an_unknown_outcome_and_is_not_retried(rig):
+    bench, k, sw = rig
+    after_message(bench.servers["analyzer"], r"^EX ", lose_next_reply=True)
+    k.set_timeout(0.3)
+    with pytest.raises(PulseOutcomeUnknown):
+        k.pulse_read(101, 102, write=(0.5, 0.0, 1e-5), read=(0.2, 1e-6))
+    assert sum(m.startswith("EX ") for m in log(bench)) == 1
+    k.set_timeout(2)
+    with pytest.raises(LimitError):                              # the PMU set-up is unknown now
+        k.write(":PMU:OUTPUT:STATE 1,1;:PMU:EXECUTE")

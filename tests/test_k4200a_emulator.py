@@ -230,3 +230,48 @@ def test_a_pulse_train_gives_one_pulse_per_burst_count(rig):
     assert e.pulse_width == pytest.approx(2e-6)
     assert e.pulse_energy == pytest.approx(0.5 * 1e-2 * 2e-6)
     assert wire.text(":PMU:DATA:COUNT? 1") == "5"
+
+
+def test_an_injected_execution_error_fails_only_commands_that_change_something(rig):
+    bench, wire, _ = rig
+    bench.cores["analyzer"].inject_error(2)
+    assert wire.text("*IDN?").startswith("KEITHLEY")             # queries still answer
+    busy = "Execution error: instrument busy. (-998)"
+    assert wire.text("US;DV1,0,0.3,1e-3") == busy               # US fails; the DV after it does not run
+    assert wire.text(":ERROR:LAST:GET") == busy
+    assert bench.source_outputs()[("analyzer", 1)] is None
+    assert wire.text("DV1,0,0.3,1e-3") == busy                  # the second one
+    assert wire.text(":ERROR:LAST:CLEAR;US;DV1,0,0.3,1e-3") == "ACK"   # then it works again
+    assert bench.source_outputs()[("analyzer", 1)] == (0.3, 1e-3)
+
+
+def test_the_bench_error_fault_reaches_the_4200a_after_its_message_count():
+    spec = SimBenchSpec(**{**bench_spec().model_dump(), "faults": {"analyzer": [{"kind": "error", "after": 1}]}})
+    with SimulatedBench(spec) as bench:
+        wire = Wire(bench.servers["analyzer"])
+        try:
+            assert wire.text("US") == "ACK"                        # the first message is spared
+            assert wire.text("US").endswith("(-998)")
+            assert wire.text("US") == "ACK"
+        finally:
+            wire.close()
+
+
+def test_the_kult_module_runs_on_the_user_library_page_and_returns_its_reads(rig):
+    bench, wire, switch = rig
+    route(switch, (5, 1), (6, 5), *GROUND_THE_REST)
+    g = float(bench.conductances()[0, 0])
+    ex = "EX memlab_kult PulseRead(1,2,0,0,1e-6,0.2,1e-6,3,0,1e-3,,3)"
+    assert wire.text("US;DV3,0,0,1e-3;DV4,0,0,1e-3") == "ACK"   # the other lines held at 0 V
+    assert wire.text(ex) == "Command not valid in this mode. (-995)"   # not on the US page
+    assert wire.text("UL") == "ACK"
+    assert wire.text(ex) == "RETURN VALUE = 0"
+    reply = wire.text("GP 11")
+    assert reply.startswith("PARAM VALUE = ")
+    currents = [float(v) for v in reply.removeprefix("PARAM VALUE = ").split(";")]
+    assert currents == [pytest.approx(-0.2 * g, rel=0.05)] * 3
+    assert bench.exposure.pulses == 3
+    assert wire.text("EX memlab_kult PulseRead(1,2,0,0,1e-6,0.2,1e-6,3,0,1e-3,,2)") == "RETURN VALUE = -2"
+    assert wire.text("EX memlab_kult PulseRead(1,2,0,0,1e-6,0.2,1e-6,3,0,5e-3,,3)") == "RETURN VALUE = -1"
+    assert bench.exposure.pulses == 3                           # a refused call drives nothing
+    assert wire.text("EX memlab_kult Nothing(1)") == "KXCI command error. (-992)"

@@ -223,7 +223,9 @@ def test_read_only_queries_are_retried_once_and_garbage_is_reported(bench, switc
     server.faults.lose_next_reply = True
     assert switch.read_closed() == {(1, 1)}
     assert server.received()[-2:] == ['print(channel.getclose("allslots"))'] * 2
-    server.faults.garble_next = 1
+    server.faults.garble_next = 1          # a garbled reply to a read-only query: asked again
+    assert switch.read_closed() == {(1, 1)}
+    server.faults.garble_next = 2          # garbled twice: the bounded retry gives up, and says so
     with pytest.raises(ReplyError):
         switch.read_closed()
 
