@@ -24,13 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# the full published reproductions (slow-marked tests: 11 minutes measured on a busy 2-core machine)
+# slow-marked tests: the full published reproductions (11 minutes measured on a busy 2-core
+# machine), plus the whole fault matrix and the demo on every shipped bench (about 10 more, estimated from their parts)
 reproduce: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/simulator.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/bench_time.py --devices 32
 
 clean:
 	rm -rf $(VENV) memlab-runs
