@@ -172,10 +172,8 @@ class InstrumentCrossbar(Crossbar):
 
     def connect(self) -> "InstrumentCrossbar":
         """Initialize the instruments and leave every role channel enabled at 0 V, relays open."""
-        self.source.initialize()
-        if self.pulser is not None and self.pulser is not self.source:
-            self.pulser.initialize()
-        self.switch.initialize()
+        for inst in self.instruments:
+            inst.initialize()
         missing = [f"{role} (channel {ch})" for role, ch in self._ch.items()
                    if ch not in self.source.source_channels()]
         if missing:
@@ -214,14 +212,10 @@ class InstrumentCrossbar(Crossbar):
                        if (cable := getattr(w.pulse, name)) is not None}
         for role, port in cables.items():
             if port > inputs:
-                where = f"wiring.{role}.switch_input" if "." in role else f"wiring.{role}.switch_input"
-                raise ValueError(f"{where}: input port {port}, but {self.switch.name} has {inputs} input ports")
+                raise ValueError(f"wiring.{role}.switch_input: input port {port}, but {self.switch.name} has {inputs} input ports")
 
     def pulses_sent(self) -> int:
-        sent = self.source.pulses_sent
-        if self.pulser is not None and self.pulser is not self.source:
-            sent += self.pulser.pulses_sent
-        return sent
+        return sum(getattr(inst, "pulses_sent", 0) for inst in self.instruments)
 
     @property
     def max_batch(self) -> int:

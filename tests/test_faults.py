@@ -106,8 +106,7 @@ def test_a_fault_mid_tuning(bench_name, instrument, kind):
             error = exc
         # the fault did happen, and what it did is said plainly
         if kind == "hang":
-            assert error is not None and "safe state not confirmed" in " ".join(getattr(error, "__notes__", [])) \
-                or error is not None
+            assert error is not None
             assert instrument in str(error) or any(instrument in n for n in getattr(error, "__notes__", []))
         elif error is not None:
             assert instrument in str(error), str(error)
