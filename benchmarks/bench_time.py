@@ -1,7 +1,7 @@
 """Bench time per tuned device on every shipped bench: the optimized path against a naive one,
 measured in the same run; and the host's overhead per instrument transaction.
 
-    python benchmarks/bench_time.py [--json FILE] [--size 16] [--devices N]
+    python benchmarks/bench_time.py [--json FILE] [--size 16] [--devices N] [--bench NAME ...]
 
 For each shipped bench, an N x N copy of it (N = --size; the switch gets the cards it needs)
 is emulated and a 150/400 uS checkerboard tuned to 1 % (each device to 0.6 %, the bench's own
@@ -16,9 +16,11 @@ tuning parameters, touch-up passes included) twice from the same seed:
 Per tuned device: round trips (times the host waited for an instrument: a reply read over
 VISA, a WGFMU sequence run), relay operations (relays closed or opened), and the estimated
 bench time: the emulated bench's virtual clock, which advances by each message's
-instrument time, relay operate-and-settle time, and every pulse and read as applied. Also
-pulse-and-read pairs per round trip. `--devices` tunes only the first devices in row order
-(the figures stay per device).
+instrument time (for the WGFMU, each library call that reaches the instrument), relay
+operate-and-settle time, and every pulse and read as applied; against the floor: the sum of
+the pulse and read durations themselves. Also pulse-and-read pairs per round trip.
+`--devices` tunes only the first devices in row order (the figures stay per device);
+`--bench NAME` runs only that shipped bench.
 
 transaction_ms: wall time of one short query through each driver over loopback (pyvisa +
 pyvisa-py, the emulator answering), median of repeated queries; for the WGFMU, one call of
@@ -79,8 +81,11 @@ def tune_once(config: BenchConfig, targets: np.ndarray, naive: bool) -> dict:
         ok = np.abs(g / targets - 1) <= 0.01
     n = int(targeted.sum())
     pulses = int(result.pulses[targeted].sum())
+    reads = sum(r.reads for r in result.results.values()) + result.passes * params.verify_reads * n
+    floor = pulses * params.tune.width + reads * live.crossbar.read_width   # the pulses and reads themselves
     return {"round_trips_per_device": round(trips / n, 2), "relay_ops_per_device": round(relays / n, 2),
-            "bench_s_per_device": round(clock / n, 5), "pulses_per_device": round(pulses / n, 1),
+            "bench_s_per_device": round(clock / n, 5), "floor_s_per_device": round(floor / n, 5),
+            "pulses_per_device": round(pulses / n, 1),
             "pairs_per_round_trip": round(pulses / trips, 2) if trips else None,
             "in_tolerance_non_stuck": round(float(ok[targeted & ~stuck].mean()), 3),
             "devices": n, "wall_s": round(wall, 1)}
@@ -124,8 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, metavar="FILE")
     parser.add_argument("--size", type=int, default=16, help="crossbar rows and columns (default 16)")
     parser.add_argument("--devices", type=int, help="tune only the first N devices in row order")
+    parser.add_argument("--bench", action="append", metavar="NAME", help="only this shipped bench (repeatable)")
     args = parser.parse_args(argv)
-    names = sorted(p.stem for p in SHIPPED_BENCHES.glob("*.yaml"))
+    names = args.bench or sorted(p.stem for p in SHIPPED_BENCHES.glob("*.yaml"))
     targets = checkerboard(args.size, args.size, 150e-6, 400e-6)
     if args.devices is not None:
         targets.ravel()[args.devices:] = np.nan
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         pulser = config.crossbar.pulser
         print(f"\n{name} ({'fast pulse source: ' + config.instruments[pulser].type if pulser else 'SMU pulses'})")
         print(f"  {'per device':24s} {'optimized':>10s} {'naive':>10s} {'ratio':>7s}")
-        for key in ("round_trips_per_device", "relay_ops_per_device", "bench_s_per_device", "pulses_per_device"):
+        for key in ("round_trips_per_device", "relay_ops_per_device", "bench_s_per_device", "floor_s_per_device",
+                    "pulses_per_device"):
             ratio = o[key] / v[key] if v[key] else float("nan")
             print(f"  {key:24s} {o[key]:10.4g} {v[key]:10.4g} {ratio:7.3f}")
         print(f"  pulse-and-read pairs per round trip: {o['pairs_per_round_trip']} optimized, "

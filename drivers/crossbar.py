@@ -17,13 +17,14 @@ pulse-and-read sequences with no relay moving between them (see `_fast_levels`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import InstrumentNotAnswering, LimitError
-from .interfaces import _why, Crossbar, Pulse, PulseSource, PulseStep, Read, Scheme, SourceMeter, SwitchMatrix
+from .interfaces import _why, Crossbar, Pulse, PulseSource, PulseStep, Read, Scheme, SourceMeter, Stop, SwitchMatrix
 from .limits import Limits
 
 ROLES = ("drive", "sense", "row_third", "col_two_thirds")
@@ -220,7 +221,9 @@ class InstrumentCrossbar(Crossbar):
     @property
     def max_batch(self) -> int:
         """Pulse-and-read pairs one transaction carries on the fast path (1: none)."""
-        return self.pulser.max_steps // 2 if self.fast else 1
+        if not self.fast:
+            return 1
+        return (self.pulser.max_ramp_steps if self.pulser.stops_early else self.pulser.max_steps) // 2
 
     def recover(self) -> None:
         """After a dropped connection: every instrument to its safe state first (a driver
@@ -272,8 +275,10 @@ class InstrumentCrossbar(Crossbar):
     def _fast_levels(self, voltage: float, scheme: Scheme | None) -> tuple[float, float] | None:
         return fast_levels(self.wiring.pulse, voltage, scheme)
 
-    def _fast_steps(self, voltages, width: float, scheme: Scheme, reads: int = 1) -> list[PulseStep] | None:
-        """Each pulse followed by `reads` read steps; None if the fast path cannot do it."""
+    def _fast_steps(self, voltages, width: float, scheme: Scheme, reads: int = 1,
+                    stop: Stop | None = None) -> list[PulseStep] | None:
+        """Each pulse followed by `reads` read steps (ending at `stop`); None if the fast path
+        cannot do it."""
         read = self._fast_levels(self.read_voltage, None)
         steps = []
         for v in voltages:
@@ -283,25 +288,28 @@ class InstrumentCrossbar(Crossbar):
                     return None
                 steps.append(PulseStep(*levels, width))
             steps += [PulseStep(*read, self.read_width, measure=True)] * reads
-        if len(steps) > self.pulser.max_steps:
+        if len(steps) > (self.pulser.max_ramp_steps if stop else self.pulser.max_steps):
             return None
         channels = self.wiring.pulse.drive.channel, self.wiring.pulse.sense.channel
+        until = {"stop": stop} if stop else {}
         try:
-            self.pulser.check_sequence(*channels, steps)
+            self.pulser.check_sequence(*channels, steps, **until)
         except ValueError:
             return None   # a sequence this pulse source cannot make (e.g. its timing): the SMUs will try
         except LimitError:
             # after a failed message its guard may not know the levels: from the safe state,
             # again; refused still, it is the limits, and the caller is told
             self.pulser.safe_state()
-            self.pulser.check_sequence(*channels, steps)
+            self.pulser.check_sequence(*channels, steps, **until)
         return steps
 
-    def _run_fast(self, row: int, col: int, steps: list[PulseStep], scheme: Scheme | None = None) -> list[float]:
-        """Conductances read by the measuring steps."""
+    def _run_fast(self, row: int, col: int, steps: list[PulseStep], scheme: Scheme | None = None,
+                  stop: Stop | None = None) -> list[float]:
+        """Conductances read by the measuring steps (up to the one that met `stop`)."""
         self._route(row, col, fast=True, scheme=scheme)
         p = self.wiring.pulse
-        currents = self.pulser.run_sequence(p.drive.channel, p.sense.channel, steps)
+        currents = self.pulser.run_sequence(p.drive.channel, p.sense.channel, steps,
+                                            **({"stop": stop} if stop else {}))
         return [-i / self.read_voltage for i in currents]   # the sense channel sinks the device current
 
     def _read(self, row: int, col: int, v: float) -> Read:
@@ -327,28 +335,42 @@ class InstrumentCrossbar(Crossbar):
         current = -m.value  # the sense SMU sinks the device current
         return Read(row, col, v, current, current / v)
 
+    @property
+    def stops_early(self) -> bool:
+        """On the fast path, where the pulse source can end a sequence at a threshold (the
+        one-at-a-time path always can)."""
+        return not self.fast or self.pulser.stops_early
+
     def pulse_and_read(self, row: int, col: int, voltages: Sequence[float], width: float,
-                       scheme: Scheme | str = Scheme.V3, reads: int = 1) -> list[list[float]]:
+                       scheme: Scheme | str = Scheme.V3, reads: int = 1, *,
+                       stop_above: float | None = None, stop_below: float | None = None) -> list[list[float]]:
         """On the fast path, one sequence (journaled as one `sequence` operation)."""
         scheme = Scheme(scheme)
+        stop = None
+        if voltages and (stop_above is not None or stop_below is not None):
+            # the sense channel sinks the device current: compared in magnitude
+            rising = stop_above is not None
+            stop = Stop((stop_above if rising else stop_below) * self.read_voltage, rising)
         steps = None
-        if self.fast:
+        if self.fast and (stop is None or self.pulser.stops_early):
             self._check_device(row, col)
             for v in voltages:
                 self.limits.check_device_voltage(v, f"pulse on ({row}, {col}): ")
-            steps = self._fast_steps(list(voltages) or [None], width, scheme, reads)
+            steps = self._fast_steps(list(voltages) or [None], width, scheme, reads, stop)
         if steps is None:
-            return super().pulse_and_read(row, col, voltages, width, scheme, reads)
+            return super().pulse_and_read(row, col, voltages, width, scheme, reads,
+                                          stop_above=stop_above, stop_below=stop_below)
         fields = {"row": row, "col": col, "voltages": list(voltages), "width": width, "scheme": str(scheme),
-                  "reads": reads}
+                  "reads": reads, **({"stop_above": stop_above} if stop_above is not None else {}),
+                  **({"stop_below": stop_below} if stop_below is not None else {})}
         try:
             self._begin("sequence", fields)
-            g = self._recovering(self._run_fast, row, col, steps, scheme)
+            g = self._recovering(self._run_fast, row, col, steps, scheme, stop)
         except BaseException as exc:
             self.settle(_why(exc))
             raise
-        self._end("sequence", {**fields, "conductances": g})
-        return [g[k * reads:(k + 1) * reads] for k in range(max(1, len(voltages)))]
+        self._end("sequence", {**fields, "conductances": g, "applied": len(g) // reads if voltages else 0})
+        return [g[k * reads:(k + 1) * reads] for k in range(max(1, math.ceil(len(g) / reads)))]
 
     def _pulse(self, row: int, col: int, voltage: float, width: float, scheme: Scheme) -> Pulse:
         return self._recovering(self._pulse_once, row, col, voltage, width, scheme)

@@ -114,6 +114,16 @@ class PulseStep:
     measure: bool = False
 
 
+@dataclass(frozen=True)
+class Stop:
+    """End a sequence after the first pulse whose last read's current magnitude is at or
+    above (`rising`) or at or below (not `rising`) `current` (A): the steps after it are not
+    played."""
+
+    current: float
+    rising: bool
+
+
 class PulseSource(ABC):
     """A fast pulse generator that also measures (a 4225-PMU, a B1530A WGFMU): runs whole
     sequences of pulse-and-read steps on two channels in one transaction. Between steps and
@@ -123,6 +133,8 @@ class PulseSource(ABC):
     edge_s: float = 1e-8            # rise and fall time of every level change
     max_steps: int = 64             # the longest sequence one `run_sequence` takes
     pulses_sent: int = 0            # sequences that have left the host (an unconfirmed one included)
+    stops_early: bool = False       # run_sequence takes a Stop
+    max_ramp_steps: int = 0         # the longest sequence with a Stop (if it stops_early)
 
     @abstractmethod
     def initialize(self) -> None: ...
@@ -131,13 +143,16 @@ class PulseSource(ABC):
     def pulse_channels(self) -> list[int]: ...
 
     @abstractmethod
-    def check_sequence(self, drive: int, sense: int, steps: "Sequence[PulseStep]") -> None:
+    def check_sequence(self, drive: int, sense: int, steps: "Sequence[PulseStep]", *,
+                       stop: Stop | None = None) -> None:
         """Raise LimitError (or ValueError) if `run_sequence` would be refused; sends nothing."""
 
     @abstractmethod
-    def run_sequence(self, drive: int, sense: int, steps: "Sequence[PulseStep]") -> list[float]:
-        """Run the steps; the current measured in each `measure` step, in order. Never
-        retried: raises PulseOutcomeUnknown if completion is not confirmed."""
+    def run_sequence(self, drive: int, sense: int, steps: "Sequence[PulseStep]", *,
+                     stop: Stop | None = None) -> list[float]:
+        """Run the steps; the current measured in each `measure` step, in order (up to the
+        step that met `stop`, which a source that `stops_early` takes). Never retried: raises
+        PulseOutcomeUnknown if completion is not confirmed."""
 
     @abstractmethod
     def safe_state(self) -> None:
@@ -257,18 +272,26 @@ class Crossbar(ABC):
         return result
 
     max_batch: int = 1   # pulse-and-read pairs one transaction carries (1: one at a time)
+    stops_early: bool = True   # a sequence can end at the first read past a threshold
 
     def pulse_and_read(self, row: int, col: int, voltages: Sequence[float], width: float,
-                       scheme: Scheme | str = Scheme.V3, reads: int = 1) -> list[list[float]]:
+                       scheme: Scheme | str = Scheme.V3, reads: int = 1, *,
+                       stop_above: float | None = None, stop_below: float | None = None) -> list[list[float]]:
         """Each pulse of `voltages` followed by `reads` reads of the device: the conductances
-        read after each pulse (with no voltages, `reads` reads and no pulse). A backend that
+        read after each pulse (with no voltages, `reads` reads and no pulse). With `stop_above`
+        (`stop_below`) the sequence ends after the first pulse whose last read is at or above
+        (below) it: the pulses after it are not sent, and fewer groups come back. A backend that
         can run them as one sequence (a WGFMU or PMU) does; the default goes one by one, and
         stops at the first failure (the pulses after it are not sent)."""
+        if (stop_above is not None or stop_below is not None) and not self.stops_early:
+            raise ValueError(f"{type(self).__name__}: this crossbar's sequences cannot end early")
         out = []
         for v in voltages or [None]:
             if v is not None:
                 self.pulse(row, col, v, width, scheme)
             out.append([self.read(row, col).conductance for _ in range(reads)])
+            if _past(out[-1][-1], stop_above, stop_below):
+                break
         return out
 
     def read_all(self) -> np.ndarray:
@@ -352,3 +375,7 @@ class Crossbar(ABC):
 
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _past(g: float, above: float | None, below: float | None) -> bool:
+    return (above is not None and g >= above) or (below is not None and g <= below)

@@ -695,8 +695,11 @@ class WGFMU(PulseSource):
         probe.initialize()
         probe.check_sequence(drive, sense, steps)
 
-    def run_sequence(self, drive: int, sense: int, steps: Sequence[PulseStep]) -> list[float]:
-        """One execute for the whole sequence; never retried."""
+    def run_sequence(self, drive: int, sense: int, steps: Sequence[PulseStep], *, stop=None) -> list[float]:
+        """One execute for the whole sequence; never retried. A WGFMU sequence is planned whole:
+        it cannot end early (`stop`)."""
+        if stop is not None:
+            raise ValueError(f"{self.name}: a WGFMU sequence cannot end early")
         self.check_sequence(drive, sense, steps)   # the whole plan, before the first call
         calls, n_events = self._plan(drive, sense, steps)
         for name, args in calls[:-1]:

@@ -7,11 +7,15 @@ reads are in tolerance, or give up when a voltage or pulse cap is hit (the devic
 reported as failed, with the reason). A pulse whose outcome is unknown is never repeated
 blindly: the device is read again and the decision made afresh.
 
-On a crossbar that runs pulse-and-read sequences (`Crossbar.max_batch` > 1) the same ramp
-goes out several pulses at a time: as many as the latest pulses' effect says cannot carry
-the device past half the way to its target (doubling while it does not move yet); the
-reads that accept a device go out together. With one pulse per batch the decisions are
-those of the one-at-a-time algorithm.
+Where the crossbar runs pulse-and-read sequences (`Crossbar.max_batch` > 1) the same ramp
+goes out many pulses per round trip, and the reads that accept a device go out together:
+
+- a sequence that can end at the first read reaching the band (`Crossbar.stops_early`, e.g.
+  memlab's KULT module on a 4200A) carries the ramp up to the pulse cap: the decisions are
+  exactly those of one pulse per round trip;
+- a sequence planned whole (a WGFMU, a PMU segment ARB) cannot stop: it carries as many
+  pulses as the latest pulses' effect says cannot carry the device past half the way to
+  its target (doubling while it does not move yet).
 """
 
 from __future__ import annotations
@@ -88,11 +92,12 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
     band = p.tolerance * target
     amplitude = {+1: p.set_start, -1: p.reset_start}
     batch = max(1, min(p.max_batch, xbar.max_batch))
+    planned = batch > 1 and not xbar.stops_early   # sequences that cannot end early: sized to fall short
     last_polarity = 0
     accepted: list[float] = []
     failures = 0
-    moved = None   # |change| per pulse at the end of the last batch (None: not measured at this polarity)
-    size = 1       # pulses in the last batch
+    moved = None   # |change| per pulse at the end of the last sequence (None: not measured at this polarity)
+    size = 1       # pulses in the last sequence
 
     def seen(g: float) -> None:
         res.reads += 1
@@ -151,27 +156,34 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
                                     f"{stop:+.2f} V at G = {g * 1e6:.1f} uS")
         if res.pulses >= p.max_pulses:
             return _give_up(res, p, f"pulse cap {p.max_pulses} reached at G = {g * 1e6:.1f} uS")
-        size = _batch_size(batch, moved, abs(target - g), size, p.ramp_speedup)
-        voltages = _ramp(v, polarity, stop, p, min(size, p.max_pulses - res.pulses))
+        if planned:
+            size = _batch_size(batch, moved, abs(target - g), size, p.ramp_speedup)
+        voltages = _ramp(v, polarity, stop, p, min(size if planned else batch, p.max_pulses - res.pulses))
         res.pulses += len(voltages)  # counted before sending: a pulse with an unknown outcome may have happened
-        amplitude[polarity] = round(voltages[-1] + polarity * p.step, 9)  # no creeping past a cap by rounding
         last_polarity = polarity
         before = g
         try:
             if batch == 1:
-                xbar.pulse(row, col, v, p.width, p.scheme)
-                g = None
+                xbar.pulse(row, col, voltages[0], p.width, p.scheme)
+                sent, g = 1, None
             else:
-                reads = [r[0] for r in xbar.pulse_and_read(row, col, voltages, p.width, p.scheme)]
+                until = {} if planned else \
+                    {"stop_above": target - band} if polarity > 0 else {"stop_below": target + band}
+                reads = [r[0] for r in xbar.pulse_and_read(row, col, voltages, p.width, p.scheme, **until)]
+                sent = len(reads)
+                res.pulses -= len(voltages) - sent
                 for g in reads:
                     seen(g)
                 last = [before, *reads][-min(4, len(reads)) - 1:]   # the most recent pulses: the largest
                 moved = abs(last[-1] - last[0]) / (len(last) - 1)
             failures = 0
+            # no creeping past a cap by rounding
+            amplitude[polarity] = round(voltages[sent - 1] + polarity * p.step, 9)
         except LimitError:
             raise
         except DriverError as exc:
             failures = _failed(res, failures, p, f"pulse {v:+.2f} V: {exc}")
+            amplitude[polarity] = round(voltages[-1] + polarity * p.step, 9)
             g = None
 
 

@@ -44,6 +44,8 @@ def _open_instrument(config: BenchConfig, name: str):
         channels = tuple(inst.options.get("channels", (101, 102)))
         return cls(inst.resource, name=name, library=library, library_path=inst.options.get("library"),
                    channels=channels, **kwargs)
+    # the options a driver takes from the bench file (e.g. a 4200A's `kult`: memlab's KULT module is built)
+    kwargs |= {key: inst.options[key] for key in getattr(cls, "driver_options", ()) if key in inst.options}
     return cls(inst.resource, name=name, timeout_s=inst.timeout_s, visa_library=inst.visa_library, **kwargs)
 
 

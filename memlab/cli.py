@@ -363,6 +363,10 @@ def print_summary(s: dict) -> None:
           f"{s['passes']} pass(es)")
     if "bench_time_s" in s:
         print(f"  bench time (simulated)  {s['bench_time_s']:.1f} s   (wall {s['wall_time_s']:.1f} s)")
+    d = s.get("per_device")
+    if d:
+        bench = f", {d['bench_s'] * 1e3:.1f} ms of bench time" if "bench_s" in d else ""
+        print(f"  per device              {d['round_trips']} round trips, {d['relay_ops']} relay operations{bench}")
     truth = s.get("simulator_truth")
     if truth:
         print(f"  simulator truth         {truth['fraction_in_tolerance_non_stuck'] * 100:.1f} % of non-stuck "

@@ -65,7 +65,8 @@ class InstrumentConfig(BaseModel):
     resource: str = Field(description="VISA resource, e.g. TCPIP::192.168.0.5::5025::SOCKET")
     timeout_s: float = Field(5.0, gt=0)
     visa_library: str = Field("@py", description="'@py' for pyvisa-py, '@ivi' for a vendor VISA")
-    options: dict[str, Any] = Field({}, description="for emulation: modules, cards")
+    options: dict[str, Any] = Field({}, description="for emulation: modules, cards; for some drivers: "
+                                                  "their `driver_options` (e.g. a 4200A's kult)")
 
     @field_validator("type")
     @classmethod

@@ -97,14 +97,19 @@ def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams
             run.save_array("targets", targets)
             run.record("connect", **{i.name: i.identity for i in xbar.instruments})
             xbar.journal = run.journal(bench_clock)
+            trips, relays, clock0 = xbar.round_trips, xbar.relay_ops, bench_clock() if bench_clock else None
             result = tune_array(xbar, targets, params, progress=progress)
+            n = max(1, int(np.isfinite(targets).sum()))
             run.save_array("final", result.final)
             run.save_array("pulses", result.pulses)
             summary = summarize(result, params.tolerance)
             summary.update(run_id=run.id, run_path=str(run.path), database=str(store.db_path),
                            wall_time_s=round(time.monotonic() - started, 2))
+            summary["per_device"] = {"round_trips": round((xbar.round_trips - trips) / n, 2),
+                                     "relay_ops": round((xbar.relay_ops - relays) / n, 2)}
             if bench_clock is not None:
                 summary["bench_time_s"] = round(bench_clock(), 3)
+                summary["per_device"]["bench_s"] = round((bench_clock() - clock0) / n, 5)
             plot_tuning(result, params.tolerance, run.path / "tuning.png")
             summary["plot"] = str(run.path / "tuning.png")
             run.set_summary(summary)

@@ -33,11 +33,44 @@ Facts and where they come from:
   points joined by `;` (at most 2048 per call). Pulse channels are numbered 1, 2 on PMU1.
 * Standard pulse mode: `:PMU:PULSE:TRAIN ch,base,amplitude`, `:PMU:PULSE:TIMES ch,period,
   width,rise,fall`, `:PMU:PULSE:BURST:COUNT n`, `:PMU:MEASURE:MODE m`.
+* System mode (4200A-SCS Reference Manual 4200A-901-01 Rev. C, section 9; Tektronix's KXCI
+  system-mode examples): pages `DE` (channel definition), `SS` (source set-up), `SM`
+  (measurement set-up, also `SM DM1|2`), `MD` (measurement control); a page's commands are
+  valid only on that page. `CHch,'V','I',mode,function` (mode 1 V source, 2 I source, 3 common,
+  which must be constant; function 1 VAR1, 2 VAR2, 3 constant, 4 VAR1'; `CHch` alone takes the
+  channel out of the test), `VR|IR type,start,stop,step,comp` (type 1 linear, 2/3/4 log with
+  10/25/50 points a decade; points = int(|stop-start|/step + 1.5), at most 1024; a voltage start
+  or step below 1 mV is set to 0; a current compliance below 100 pA is raised to it),
+  `VP|IP start,step,points,comp[,stepper]` (up to four VAR2 steppers), `VC|IC ch,value,comp`,
+  `HT s`, `DT s`, `IT1..IT3`, `IT4,delay factor,filter factor,aperture PLC`, `RT ratio,ch`,
+  `FS offset,ch` (VAR1' = VAR1 x ratio + offset), `DM1` graphics / `DM2` list, `LI 'name',...`,
+  `XN|YA|YB 'name',scale,min,max`, `XT min,max`, `WT s`, `IN s`, `NR n` (the time-domain
+  sampling test a set-up without VAR1 runs), `ME1` run (data cleared), `ME2` repeat until
+  stopped, `ME3` run and append, `ME4` stop. `SP` has the busy bit (16) while a test runs and
+  data ready (1) after it. `DO 'name'` answers every reading of that name as
+  `X+N.NNNNE+NN` fields joined by commas (X the status: N, L, V, X, C, T), `CHnT` the time
+  stamps of channel n. `RD 'name',index` answers the index-th reading (from 1) as a bare
+  number and `0` past the last one (Tektronix's examples read it that way; GUESS: the manual
+  text for RD could not be read). The sweep runs on the hardware one step at a time: the
+  levels applied, the hold (first step of every VAR1 sweep) and delay waited, every test
+  channel measured in one integration period.
+
+* User libraries (KULT): `UL` selects the user library page, `EX library module(args)` runs a
+  module and answers `RETURN VALUE = n`, `GP n [count]` its output parameter n. Installed here (option
+  `kult`, default yes): memlab's own library, modules PulseRead and RampRead, exactly as
+  drivers/kult/memlab_pulse_read.md specifies them; each played step by step on the PMU's
+  hardware, RampRead's stop decided on the emulated measured current.
 
 Choices not confirmed in a manual are marked GUESS where they are made. The most important:
 an invalid command stops the rest of its message, is kept as the last error (`:ERROR:LAST:GET`
 answers `<text>. (<code>)`, `No error. (0)` when there is none) and sets the syntax-error bit
 of `SP`; the message is answered with that same error text instead of `ACK` (GUESS).
+A system-mode test takes real time on the instrument: here it advances by
+`sweep_steps_per_message` steps each time a message arrives (GUESS: the emulator's stand-in
+for wall time); while it runs only status, identity, error, `MD`, `ME4` and `*RST` (which
+stops it) are taken, anything else answers the busy execution error (GUESS). A finished or
+stopped test leaves its channels at 0 V and off (GUESS); SMUs not in the test keep their
+user-mode output through it (GUESS).
 """
 
 from __future__ import annotations
@@ -79,7 +112,7 @@ EXECUTION_ERROR = -998
 # commands that change nothing on the instrument: an injected execution error spares them
 # (the error stays retrievable and clearable, readings and status stay readable)
 READ_ONLY = frozenset({"*IDN?", "ID", "*OPT?", "SP", ":ERROR:LAST:GET", ":ERROR:LAST:CLEAR", "TV", "TI",
-                       ":PMU:TEST:STATUS?", ":PMU:DATA:COUNT?", ":PMU:DATA:GET", "GP", "RD"})
+                       ":PMU:TEST:STATUS?", ":PMU:DATA:COUNT?", ":PMU:DATA:GET", "GP", "RD", "DO"})
 NO_ERROR = "No error. (0)"
 
 
@@ -124,6 +157,23 @@ PMU_CURRENT_RANGES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.2, 0.8)
 PMU_AUTO_RANGE = 0.2             # GUESS: what an auto-ranged channel may carry (10 V range)
 PMU_MEASURE_MODES = (0, 1, 2, 3)  # GUESS: spot mean discrete, waveform discrete, spot mean average, waveform average
 SARB_ARRAYS = ("TIME", "STARTV", "STOPV", "MEAS:TYPE", "MEAS:START", "MEAS:STOP")
+
+# System mode: the page each command belongs to (IT is also a user-mode command)
+PAGE_OF = {**dict.fromkeys(("CH", "VS", "VM"), "DE"),
+           **dict.fromkeys(("VR", "IR", "VP", "IP", "VC", "IC", "HT", "DT", "RT", "FS"), "SS"),
+           **dict.fromkeys(("DM", "LI", "WT", "IN", "NR", "XN", "XT", "YA", "YB"), "SM"), "ME": "MD"}
+VAR1_MAX_POINTS = 1024
+VAR2_MAX_POINTS = 32             # GUESS
+VAR2_MAX_STEPPERS = 4
+LOG_POINTS_PER_DECADE = {2: 10, 3: 25, 4: 50}
+MIN_VOLTAGE_STEP = 1e-3          # a voltage start or step below this is set to 0 (manual)
+MIN_COMPLIANCE_A = 1e-10         # a lower current compliance is raised to this (manual, with preamplifier)
+HOLD_MAX_S, DELAY_MAX_S = 655.35, 65.535      # GUESS: the 4145B's ranges
+WAIT_MAX_S, INTERVAL_S, MAX_READINGS = 100.0, (0.01, 10.0), 4096   # GUESS (sampling test)
+MAX_LISTED = 8                   # GUESS
+_SYS_NAME = re.compile(r"'([A-Za-z][A-Za-z0-9_]{0,5})'")   # up to 6 characters (manual)
+_STAMP = re.compile(r"CH\dT")
+WHILE_RUNNING = frozenset({"SP", "ID", "*IDN?", "*OPT?", ":ERROR:LAST:GET", ":ERROR:LAST:CLEAR", "MD", "*RST"})
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -202,6 +252,41 @@ class _PmuChannel:
     data: list[tuple[float, float, float, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _SysChannel:
+    vname: str
+    iname: str
+    mode: int        # 1 V source, 2 I source, 3 common
+    function: int    # 1 VAR1, 2 VAR2, 3 constant, 4 VAR1'
+
+    @property
+    def kind(self) -> str:
+        return {1: "V", 2: "I", 3: "C"}[self.mode]
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    kind: str                    # V or I
+    levels: tuple[float, ...]
+    compliance: float
+
+
+@dataclass
+class _Point:
+    levels: dict[int, tuple[str, float, float]]   # channel -> (V, I or C for common, level, compliance)
+    wait: float                                   # hold and delay before the measurement
+    late: bool = False                            # sampling interval shorter than the measurement
+
+
+@dataclass
+class _Test:
+    points: list[_Point]
+    channels: list[int]
+    repeat: bool
+    t0: float
+    next: int = 0
+
+
 @dataclass
 class _Segment:
     t0: float
@@ -215,6 +300,7 @@ class _Segment:
 
 # memlab's KULT user library (drivers/kult/memlab_pulse_read.md): return values
 KULT_BAD_ARGUMENT, KULT_ARRAY_TOO_SMALL, KULT_TOO_LONG = -1, -2, -3
+KULT_MAX_LEVEL_V = 10.0          # the module's levels: the PMU's 10 V source range
 
 
 class K4200ACore:
@@ -225,11 +311,16 @@ class K4200ACore:
     message_ends = "\n\r\0"
 
     def __init__(self, hardware: Hardware, *, smus: int = 4, pmus: int = 1, line_ending: str = "LF",
-                 idn: str = DEFAULT_IDN, transaction_s: float = 2e-4, settle_s: float = 1e-4):
+                 idn: str = DEFAULT_IDN, transaction_s: float = 2e-4, settle_s: float = 1e-4,
+                 sweep_steps_per_message: int = 4, kult: bool = True):
         if not 1 <= smus <= MAX_SMUS or not 0 <= pmus <= MAX_PMUS:
             raise ValueError(f"4200A: {smus} SMUs and {pmus} PMUs do not fit (1-{MAX_SMUS}, 0-{MAX_PMUS})")
         if line_ending not in LINE_ENDINGS:
             raise ValueError(f"4200A line_ending {line_ending!r}: one of {', '.join(LINE_ENDINGS)}")
+        if sweep_steps_per_message < 1:
+            raise ValueError(f"4200A sweep_steps_per_message {sweep_steps_per_message}: at least 1")
+        self.steps_per_message = sweep_steps_per_message
+        self.kult = kult   # memlab's KULT library (drivers/kult/memlab_pulse_read.md) is built on it
         self.hardware = hardware
         self.n_smus, self.n_pmus = smus, pmus
         self.write_termination = LINE_ENDINGS[line_ending] + "\0"
@@ -244,8 +335,14 @@ class K4200ACore:
         self._handlers: dict[str, Callable[[list[str]], str | None]] = {
             "*IDN?": self._idn, "ID": self._id, "*OPT?": self._opt, "*RST": self._rst, "SP": self._sp,
             "BC": self._bc, ":ERROR:LAST:GET": self._error_get, ":ERROR:LAST:CLEAR": self._error_clear,
-            "US": self._page("US"), "DE": self._page("DE"), "SS": self._page("SS"), "SM": self._page("SM"),
+            "US": self._page("US"), "DE": self._page("DE"), "SS": self._page("SS"), "SM": self._sm,
             "MD": self._page("MD"), "UL": self._page("UL"), "EX": self._ex, "GP": self._gp, "GD": self._gp,
+            "CH": self._ch, "VS": self._not_installed, "VM": self._not_installed,
+            "VR": self._var1("V"), "IR": self._var1("I"), "VP": self._var2("V"), "IP": self._var2("I"),
+            "VC": self._constant("V"), "IC": self._constant("I"), "HT": self._ht, "DT": self._dt,
+            "RT": self._ratio, "FS": self._offset, "DM": self._dm, "LI": self._li, "WT": self._wt,
+            "IN": self._in, "NR": self._nr, "XN": self._axis, "YA": self._axis, "YB": self._axis,
+            "XT": self._xt, "ME": self._me, "RD": self._rd, "DO": self._do,
             "DV": self._dv, "DI": self._di, "TV": self._tv, "TI": self._ti, "RI": self._ri, "RV": self._rv,
             "RG": self._rg, "IT": self._it, "RS": self._rs, "EC": self._ec,
             ":PMU:INIT": self._pmu_init, ":PMU:RPM:CONFIGURE": self._pmu_rpm,
@@ -263,16 +360,24 @@ class K4200ACore:
 
     @classmethod
     def emulate(cls, hardware: Hardware, options: dict, timing) -> "K4200ACore":
-        """The core a bench file's instrument entry describes (options: smus, pmus, line_ending)."""
+        """The core a bench file's instrument entry describes (options: smus, pmus, line_ending,
+        idn, sweep_steps_per_message, kult: whether memlab's KULT library is built on it, default
+        yes; the same option tells the driver it may use it)."""
+        kult = options.get("kult", True)
+        if not isinstance(kult, bool):
+            raise ValueError(f"4200A option kult: {kult!r} is not true or false")
         return cls(hardware, smus=int(options.get("smus", 4)), pmus=int(options.get("pmus", 1)),
                    line_ending=str(options.get("line_ending", "LF")), idn=options.get("idn", DEFAULT_IDN),
-                   transaction_s=timing.transaction_s, settle_s=timing.settle_s)
+                   transaction_s=timing.transaction_s, settle_s=timing.settle_s,
+                   sweep_steps_per_message=int(options.get("sweep_steps_per_message", 4)), kult=kult)
 
     # --- public -------------------------------------------------------------------------
 
     def handle(self, message: str) -> list[str]:
         """Execute one message; exactly one reply line."""
         self._advance(self.transaction_s)
+        if self.test is not None:   # the test ran on while the message was on its way
+            self._step_test(self.steps_per_message)
         replies: list[str] = []
         for command in message.split(";"):
             command = command.strip()
@@ -280,6 +385,11 @@ class K4200ACore:
                 continue
             try:
                 name, args = self._parse(command)
+                if self.test is not None and name not in WHILE_RUNNING and not (name == "ME" and args == ["4"]):
+                    raise KxciError(EXECUTION_ERROR)
+                page = PAGE_OF.get(name)
+                if page is not None and self.page != page:
+                    raise KxciError(-995)
                 if self.failing and name not in READ_ONLY:
                     self.failing -= 1
                     raise KxciError(EXECUTION_ERROR)
@@ -306,6 +416,7 @@ class K4200ACore:
         """*RST: SMUs off at 0 V, PMU outputs off, user mode settings to their defaults."""
         self.page = "US"
         self.smus = {k: _Smu() for k in range(1, self.n_smus + 1)}
+        self._system_reset()
         self.integration_plc, self.digits, self.exit_on_compliance = 1.0, 5, False
         self._pmu_reset(mode=0)
         self._commit()
@@ -370,11 +481,14 @@ class K4200ACore:
 
     def _sp(self, args):
         _count(args, 0)
-        return str(STATUS_DATA_READY * self.data_ready + STATUS_SYNTAX_ERROR * self.syntax_error)
+        return str(STATUS_DATA_READY * self.data_ready + STATUS_SYNTAX_ERROR * self.syntax_error
+                   + STATUS_BUSY * (self.test is not None))
 
     def _bc(self, args):
+        """BC: the readings cleared (system-mode data too) and the data-ready bit."""
         _count(args, 0)
         self.data_ready = False
+        self.sys_data = {}
         return None
 
     def _error_get(self, args):
@@ -423,8 +537,6 @@ class K4200ACore:
         return None
 
     def _di(self, args):
-        """A current source into the bench's resistive network: the output voltage is the
-        level that drives the current, probed at 10 mV, clamped at the voltage compliance."""
         self._user_mode()
         _count(args, 1, 4)
         ch = self._smu(args[0])
@@ -435,6 +547,12 @@ class K4200ACore:
         i_range, amps, vcomp = _int(args[1]), _num(args[2]), _num(args[3])
         if i_range not in DI_RANGES or abs(amps) > DI_RANGES[i_range] or not 0 < abs(vcomp) <= SMU_V_MAX:
             raise KxciError(-993)
+        self._force_current(ch, amps, vcomp)
+        return None
+
+    def _force_current(self, ch: int, amps: float, vcomp: float) -> None:
+        """A current source into the bench's resistive network: the output voltage is the
+        level that drives the current, probed at 10 mV, clamped at the voltage compliance."""
         smu = self.smus[ch]
         probe = math.copysign(min(0.01, abs(vcomp)), amps or 1.0)
         smu.output = (probe, abs(amps) or 1e-12)
@@ -445,7 +563,6 @@ class K4200ACore:
         smu.source, smu.level, smu.compliance = "I", amps, vcomp
         smu.output = (volts, abs(amps) or 1e-12)
         self._commit()
-        return None
 
     def _integration_s(self) -> float:
         return self.integration_plc / LINE_HZ
@@ -512,8 +629,20 @@ class K4200ACore:
         return None
 
     def _it(self, args):
-        _count(args, 1)
+        """IT1..IT3 (short, normal, long); IT4,delay factor,filter factor,aperture (PLC) is the
+        custom setting of the system-mode source set-up page (GUESS: its ranges)."""
+        _count(args, 1, 4)
         mode = _int(args[0])
+        if len(args) == 4:
+            if mode != 4:
+                raise KxciError(-993)
+            if self.page != "SS":
+                raise KxciError(-995)
+            delay_factor, filter_factor, aperture = (_num(a) for a in args[1:])
+            if not (0 <= delay_factor <= 100 and 0 <= filter_factor <= 100 and 0.01 <= aperture <= 10):
+                raise KxciError(-993)
+            self.integration_plc = aperture
+            return None
         if mode not in IT_PLC:
             raise KxciError(-993)
         self.integration_plc = IT_PLC[mode]
@@ -534,6 +663,405 @@ class K4200ACore:
             raise KxciError(-993)
         self.exit_on_compliance = bool(value)
         return None
+
+    # --- system mode: set-up pages ---------------------------------------------------------------
+
+    def _system_reset(self) -> None:
+        self.sys_channels: dict[int, _SysChannel] = {}
+        self.var1: _Sweep | None = None
+        self.var2: dict[int, _Sweep] = {}                 # stepper index -> its steps
+        self.constants: dict[int, tuple[str, float, float]] = {}
+        self.ratios: dict[int, float] = {}
+        self.offsets: dict[int, float] = {}
+        self.hold_s = self.delay_s = 0.0
+        self.wait_s, self.interval_s, self.readings = 0.0, INTERVAL_S[0], 1   # GUESS: the defaults
+        self.display_mode, self.listed = 1, []
+        self.sys_data: dict[str, list[tuple[str, float]]] = {}
+        self.test: _Test | None = None
+
+    def _sys_name(self, token: str) -> str:
+        m = _SYS_NAME.fullmatch(token.strip())
+        if not m or _STAMP.fullmatch(m.group(1).upper()):
+            raise KxciError(-993)
+        return m.group(1)
+
+    def _not_installed(self, args):
+        """VS/VM: every SMU here is configured as a SMU (KCON), none as a voltage source or monitor."""
+        raise KxciError(-994)
+
+    def _sm(self, args):
+        """SM, or SM DM1|DM2 (the page and its display mode in one command, as Tektronix's examples send)."""
+        if args:
+            _count(args, 1)
+            m = re.fullmatch(r"DM\s*([12])", args[0].upper())
+            if not m:
+                raise KxciError(-993)
+            self.display_mode = int(m.group(1))
+        self.page = "SM"
+        return None
+
+    def _ch(self, args):
+        """CHch (out of the test) or CHch,'Vname','Iname',mode,function."""
+        if not args:
+            raise KxciError(-993)
+        ch = self._smu(args[0])
+        if len(args) == 1:
+            self.sys_channels.pop(ch, None)
+            return None
+        _count(args, 5)
+        vname, iname = self._sys_name(args[1]), self._sys_name(args[2])
+        mode, function = _int(args[3]), _int(args[4])
+        if mode not in (1, 2, 3) or function not in (1, 2, 3, 4) or (mode == 3 and function != 3) or vname == iname:
+            raise KxciError(-993)
+        others = {k: c for k, c in self.sys_channels.items() if k != ch}
+        if {vname, iname} & {n for c in others.values() for n in (c.vname, c.iname)}:
+            raise KxciError(-993)   # GUESS: a name identifies one channel's data
+        if function == 1 and any(c.function == 1 for c in others.values()):
+            raise KxciError(-993)   # one VAR1 source
+        if function == 2 and sum(c.function == 2 for c in others.values()) >= VAR2_MAX_STEPPERS:
+            raise KxciError(-993)
+        self.sys_channels.pop(ch, None)   # VAR2 steppers count in the order they are defined
+        self.sys_channels[ch] = _SysChannel(vname, iname, mode, function)
+        return None
+
+    @staticmethod
+    def _source_limits(kind: str) -> tuple[float, float]:
+        """(largest level, largest compliance) of a V or I source."""
+        return (SMU_V_MAX, SMU_I_MAX) if kind == "V" else (SMU_I_MAX, SMU_V_MAX)
+
+    def _compliance(self, kind: str, value: float) -> float:
+        if not 0 < abs(value) <= self._source_limits(kind)[1]:
+            raise KxciError(-993)
+        return max(abs(value), MIN_COMPLIANCE_A) if kind == "V" else abs(value)
+
+    def _var1(self, kind: str):
+        def set_var1(args):
+            """VR|IR type,start,stop,step,compliance (a log sweep takes no step)."""
+            _count(args, 4, 5)
+            sweep_type = _int(args[0])
+            if sweep_type not in (1, 2, 3, 4) or (sweep_type == 1 and len(args) != 5):
+                raise KxciError(-993)
+            start, stop = _num(args[1]), _num(args[2])
+            step = _num(args[3]) if sweep_type == 1 else 0.0
+            compliance = self._compliance(kind, _num(args[-1]))
+            if max(abs(start), abs(stop)) > self._source_limits(kind)[0]:
+                raise KxciError(-993)
+            if kind == "V":
+                start = 0.0 if abs(start) < MIN_VOLTAGE_STEP else start
+                step = 0.0 if abs(step) < MIN_VOLTAGE_STEP else step
+            if sweep_type == 1:
+                levels = self._linear(start, stop, step)
+            else:
+                levels = self._logarithmic(start, stop, LOG_POINTS_PER_DECADE[sweep_type])
+            self.var1 = _Sweep(kind, levels, compliance)
+            return None
+        return set_var1
+
+    @staticmethod
+    def _linear(start: float, stop: float, step: float) -> tuple[float, ...]:
+        if start == stop:
+            return (start,)
+        if step == 0 or (stop - start) * step < 0:
+            raise KxciError(-993)   # GUESS: a step away from the stop value is refused
+        points = int(abs((stop - start) / step) + 1.5)   # the manual's count
+        if points > VAR1_MAX_POINTS:
+            raise KxciError(-993)
+        return tuple(start + k * step for k in range(points))
+
+    @staticmethod
+    def _logarithmic(start: float, stop: float, per_decade: int) -> tuple[float, ...]:
+        """GUESS: equal ratios from start, the last point exactly at stop."""
+        if start == 0 or stop == 0 or (start > 0) != (stop > 0):
+            raise KxciError(-993)
+        decades = math.log10(stop / start)
+        points = int(round(abs(decades) * per_decade)) + 1
+        if points > VAR1_MAX_POINTS:
+            raise KxciError(-993)
+        if points == 1:
+            return (start,)
+        levels = [start * 10 ** (decades * k / (points - 1)) for k in range(points)]
+        levels[-1] = stop
+        return tuple(levels)
+
+    def _var2(self, kind: str):
+        def set_var2(args):
+            """VP|IP start,step,points,compliance[,stepper]."""
+            _count(args, 4, 5)
+            start, step, points = _num(args[0]), _num(args[1]), _int(args[2])
+            compliance = self._compliance(kind, _num(args[3]))
+            stepper = _int(args[4]) if len(args) == 5 else 1
+            if not 1 <= points <= VAR2_MAX_POINTS or not 1 <= stepper <= VAR2_MAX_STEPPERS:
+                raise KxciError(-993)
+            if kind == "V":
+                start = 0.0 if abs(start) < MIN_VOLTAGE_STEP else start
+                step = 0.0 if abs(step) < MIN_VOLTAGE_STEP else step
+            levels = tuple(start + k * step for k in range(points))
+            if max(abs(v) for v in levels) > self._source_limits(kind)[0]:
+                raise KxciError(-993)
+            self.var2[stepper] = _Sweep(kind, levels, compliance)
+            return None
+        return set_var2
+
+    def _constant(self, kind: str):
+        def set_constant(args):
+            """VC|IC ch,value,compliance."""
+            _count(args, 3)
+            ch, value = self._smu(args[0]), _num(args[1])
+            compliance = self._compliance(kind, _num(args[2]))
+            if abs(value) > self._source_limits(kind)[0]:
+                raise KxciError(-993)
+            self.constants[ch] = (kind, value, compliance)
+            return None
+        return set_constant
+
+    def _seconds(self, args, top: float) -> float:
+        _count(args, 1)
+        value = _num(args[0])
+        if not 0 <= value <= top:
+            raise KxciError(-993)
+        return value
+
+    def _ht(self, args):
+        self.hold_s = self._seconds(args, HOLD_MAX_S)
+        return None
+
+    def _dt(self, args):
+        self.delay_s = self._seconds(args, DELAY_MAX_S)
+        return None
+
+    def _ratio(self, args):
+        """RT ratio,ch: the VAR1' ratio of a channel (GUESS: the argument order, from Tektronix's example)."""
+        _count(args, 2)
+        ratio, ch = _num(args[0]), self._smu(args[1])
+        if abs(ratio) > 10:
+            raise KxciError(-993)
+        self.ratios[ch] = ratio
+        return None
+
+    def _offset(self, args):
+        """FS offset,ch: the VAR1' offset of a channel (GUESS: as RT)."""
+        _count(args, 2)
+        offset, ch = _num(args[0]), self._smu(args[1])
+        if abs(offset) > SMU_V_MAX:
+            raise KxciError(-993)
+        self.offsets[ch] = offset
+        return None
+
+    def _dm(self, args):
+        """DM1 graphics, DM2 list display."""
+        _count(args, 1)
+        mode = _int(args[0])
+        if mode not in (1, 2):
+            raise KxciError(-993)
+        self.display_mode = mode
+        return None
+
+    def _li(self, args):
+        if not 1 <= len(args) <= MAX_LISTED:
+            raise KxciError(-993)
+        self.listed = [self._sys_name(a) for a in args]
+        return None
+
+    def _wt(self, args):
+        """WT s: the wait before the first reading of a sampling (time-domain) test."""
+        self.wait_s = self._seconds(args, WAIT_MAX_S)
+        return None
+
+    def _in(self, args):
+        """IN s: the interval between the readings of a sampling test."""
+        _count(args, 1)
+        value = _num(args[0])
+        if not INTERVAL_S[0] <= value <= INTERVAL_S[1]:
+            raise KxciError(-993)
+        self.interval_s = value
+        return None
+
+    def _nr(self, args):
+        """NR n: the number of readings of a sampling test."""
+        _count(args, 1)
+        value = _int(args[0])
+        if not 1 <= value <= MAX_READINGS:
+            raise KxciError(-993)
+        self.readings = value
+        return None
+
+    def _axis(self, args):
+        """XN|YA|YB 'name',scale,min,max: a graph axis (the display only)."""
+        _count(args, 4)
+        self._sys_name(args[0])
+        if _int(args[1]) not in (1, 2) or _num(args[2]) >= _num(args[3]):
+            raise KxciError(-993)
+        return None
+
+    def _xt(self, args):
+        _count(args, 2)
+        if not 0 <= _num(args[0]) < _num(args[1]):
+            raise KxciError(-993)
+        return None
+
+    # --- system mode: the test --------------------------------------------------------------------
+
+    def _me(self, args):
+        """ME1 run (data cleared), ME2 repeat until ME4, ME3 run and append, ME4 stop."""
+        _count(args, 1)
+        mode = _int(args[0])
+        if mode not in (1, 2, 3, 4):
+            raise KxciError(-993)
+        if mode == 4:
+            if self.test is not None:
+                self._end_test(stopped=True)
+            return None
+        points = self._plan_test()
+        channels = list(self.sys_channels)
+        if mode != 3:
+            self.sys_data = {}
+        for ch in channels:
+            c = self.sys_channels[ch]
+            for name in (c.vname, c.iname, f"CH{ch}T"):
+                self.sys_data.setdefault(name, [])
+        self.data_ready = False
+        self.test = _Test(points, channels, repeat=mode == 2, t0=self.clock)
+        return None
+
+    def _plan_test(self) -> list[_Point]:
+        """The steps of the test the pages describe; -996 where a part of it is missing."""
+        chans = self.sys_channels
+        if not chans:
+            raise KxciError(-996)
+        var1 = [ch for ch, c in chans.items() if c.function == 1]
+        steppers = [ch for ch, c in chans.items() if c.function == 2]
+        if not var1 and (steppers or any(c.function == 4 for c in chans.values())):
+            raise KxciError(-996)
+        if var1 and (self.var1 is None or self.var1.kind != chans[var1[0]].kind):
+            raise KxciError(-996)
+        stepped = {}
+        for index, ch in enumerate(steppers, 1):
+            sweep = self.var2.get(index)
+            if sweep is None or sweep.kind != chans[ch].kind:
+                raise KxciError(-996)
+            stepped[ch] = sweep
+        if len({len(s.levels) for s in stepped.values()}) > 1:
+            raise KxciError(-996)   # GUESS: every stepper takes the same number of steps
+        for ch, c in chans.items():
+            if c.function == 3 and c.mode != 3 and self.constants.get(ch, ("",))[0] != c.kind:
+                raise KxciError(-996)
+            if c.function == 4 and c.kind != self.var1.kind:
+                raise KxciError(-996)
+
+        def levels(v1: float | None, step: int) -> dict[int, tuple[str, float, float]]:
+            out = {}
+            for ch, c in chans.items():
+                if c.mode == 3:
+                    out[ch] = ("C", 0.0, SMU_I_MAX)
+                elif c.function == 1:
+                    out[ch] = (c.kind, v1, self.var1.compliance)
+                elif c.function == 2:
+                    out[ch] = (c.kind, stepped[ch].levels[step], stepped[ch].compliance)
+                elif c.function == 3:
+                    out[ch] = self.constants[ch]
+                else:
+                    level = v1 * self.ratios.get(ch, 1.0) + self.offsets.get(ch, 0.0)
+                    if abs(level) > self._source_limits(c.kind)[0]:
+                        raise KxciError(-993)
+                    out[ch] = (c.kind, level, self.var1.compliance)
+            return out
+
+        if not var1:   # a sampling test: the constants held, NR readings IN apart after WT
+            integration = self._integration_s()
+            rest = max(self.interval_s - integration, 0.0)
+            late = self.interval_s < integration
+            return [_Point(levels(None, 0), self.wait_s if k == 0 else rest, late and k > 0)
+                    for k in range(self.readings)]
+        steps = len(next(iter(stepped.values())).levels) if stepped else 1
+        return [_Point(levels(v1, j), (self.hold_s if k == 0 else 0.0) + self.delay_s)
+                for j in range(steps) for k, v1 in enumerate(self.var1.levels)]
+
+    def _step_test(self, count: int) -> None:
+        test = self.test
+        for _ in range(count):
+            if test.next >= len(test.points):
+                break
+            self._run_point(test, test.points[test.next])
+            test.next += 1
+        if test.next >= len(test.points):
+            if test.repeat:   # ME2: again from the start, into a cleared buffer
+                test.next, test.t0 = 0, self.clock
+                self.sys_data = {name: [] for name in self.sys_data}
+            else:
+                self._end_test(stopped=False)
+
+    def _run_point(self, test: _Test, point: _Point) -> None:
+        """One step on the hardware: the levels, the wait, one integration period measuring
+        every test channel (GUESS: the SMUs measure in parallel)."""
+        for ch, (kind, level, compliance) in point.levels.items():
+            if kind != "I":
+                self.smus[ch] = _Smu(output=(level, compliance), source="V", level=level, compliance=compliance,
+                                     i_range=self.smus[ch].i_range)
+        self._commit()
+        for ch, (kind, level, compliance) in point.levels.items():
+            if kind == "I":
+                self._force_current(ch, level, compliance)
+        self._advance(point.wait)
+        integration = self._integration_s()
+        readings = {}
+        for k, ch in enumerate(test.channels):
+            amps = self.hardware.measure_current(ch, integration if k == 0 else 0.0)
+            volts = self.hardware.measure_voltage(ch, 0.0)
+            kind, _, compliance = point.levels[ch]
+            status = "N"
+            if kind != "I" and abs(amps) >= compliance * (1 - COMPLIANCE_TOLERANCE):
+                amps, status = math.copysign(compliance, amps), "C"
+            elif kind == "I" and abs(volts) >= compliance * (1 - COMPLIANCE_TOLERANCE):
+                status = "C"
+            readings[ch] = [status, volts, amps]
+        self.clock += integration
+        stamp = self.clock - test.t0
+        if any(r[0] == "C" for r in readings.values()):
+            for r in readings.values():
+                r[0] = "T" if r[0] == "N" else r[0]
+        for ch, (status, volts, amps) in readings.items():
+            status = "L" if point.late else status
+            c = self.sys_channels[ch]
+            self.sys_data[c.vname].append((status, volts))
+            self.sys_data[c.iname].append((status, amps))
+            self.sys_data[f"CH{ch}T"].append(("N", stamp))
+
+    def _end_test(self, stopped: bool) -> None:
+        """The test's channels back at 0 V and off (GUESS); its data ready."""
+        test, self.test = self.test, None
+        for ch in test.channels:
+            self.smus[ch] = _Smu(i_range=self.smus[ch].i_range)
+        self._commit()
+        self.data_ready = not stopped or any(self.sys_data.values())
+
+    def _readings(self, token: str) -> list[tuple[str, float]]:
+        m = _SYS_NAME.fullmatch(token.strip())
+        if not m or m.group(1) not in self.sys_data:
+            raise KxciError(-997)
+        self.data_ready = False   # the data transfer has started (manual: it clears bit B0)
+        return self.sys_data[m.group(1)]
+
+    def _do(self, args):
+        """DO 'name': every reading of that name, X+N.NNNNE+NN joined by commas."""
+        _count(args, 1)
+        data = self._readings(args[0])
+        if not data:
+            raise KxciError(-997)
+        return ",".join(f"{status}{_e(value, self.digits)}" for status, value in data)
+
+    def _rd(self, args):
+        """RD 'name',index: the index-th reading (from 1) as a bare number, 0 past the last one.
+        RD 'name' alone: every reading, joined by commas (GUESS)."""
+        _count(args, 1, 2)
+        data = self._readings(args[0])
+        if len(args) == 1:
+            if not data:
+                raise KxciError(-997)
+            return ",".join(_e(value, self.digits) for _, value in data)
+        index = _int(args[1])
+        if index < 1:
+            raise KxciError(-993)
+        return _e(data[index - 1][1], self.digits) if index <= len(data) else "0"
 
     # --- PMU ------------------------------------------------------------------------------------
 
@@ -732,11 +1260,13 @@ class K4200ACore:
 
     def _ex(self, args):
         """EX library module(arg, ...): run a user module; `RETURN VALUE = n`. Only memlab's
-        own library is installed here (drivers/kult/memlab_pulse_read.md documents it)."""
+        own library is installed here (drivers/kult/memlab_pulse_read.md documents it), and
+        only if the bench says the lab built it (option `kult`)."""
         if self.page != "UL":
             raise KxciError(-995)   # GUESS: EX only on the user library page (after UL)
         m = re.fullmatch(r"(\w+)\s+(\w+)\s*\((.*)\)\s*", args[0], re.S)
-        if not m or (m.group(1), m.group(2)) not in KULT_MODULES:
+        # GUESS: a library or module that is not there answers the command error
+        if not m or not self.kult or (m.group(1), m.group(2)) not in KULT_MODULES:
             raise KxciError(-992)
         module = KULT_MODULES[(m.group(1), m.group(2))]
         values = [a.strip() for a in m.group(3).split(",")]
@@ -744,12 +1274,21 @@ class K4200ACore:
         return f"RETURN VALUE = {module(self, values)}"
 
     def _gp(self, args):
-        """GP n: output parameter n of the last user module run, `PARAM VALUE = v1;v2;...`
-        (GUESS: GD answers the same for a double array)."""
-        _count(args, 1)
+        """GP n [count]: output parameter n of the last user module run, its first `count` values
+        (all without), `PARAM VALUE = v1;v2;...`. Clients that drove a real 4200A send `GP 20 7`
+        and split the reply at ';'; GUESS: a comma before the count is taken too, a count past
+        the array's size is the data error, and GD answers the same for a double array."""
+        if len(args) == 1 and len(args[0].split()) == 2:
+            args = args[0].split()
+        _count(args, 1, 2)
         values = getattr(self, "user_outputs", {}).get(_int(args[0]))
         if values is None:
             raise KxciError(-997)
+        if len(args) == 2:
+            count = _int(args[1])
+            if not 1 <= count <= len(values):
+                raise KxciError(-997)
+            values = values[:count]
         return "PARAM VALUE = " + ";".join(_e(v) for v in values)
 
     def _pulse_read(self, values: list[str]) -> int:
@@ -762,10 +1301,10 @@ class K4200ACore:
             reads, writes, i_range, size = _int(values[7]), _int(values[8]), _num(values[9]), _int(values[11])
         except KxciError:
             return KULT_BAD_ARGUMENT
-        if values[10] or drive == sense or drive not in self.pmu or sense not in self.pmu:
-            return KULT_BAD_ARGUMENT
-        ranges = [r for r in PMU_CURRENT_RANGES if math.isclose(r, i_range, rel_tol=1e-6)]
-        if not ranges or not 1 <= reads or not 0 <= writes or max(abs(w_drive), abs(w_sense), abs(r_drive)) > 10:
+        i_range = self._kult_range(i_range)
+        if values[10] or not self._kult_channels(drive, sense) or i_range is None or not 1 <= reads \
+                or not 0 <= writes or max(abs(w_drive), abs(w_sense), abs(r_drive)) > KULT_MAX_LEVEL_V \
+                or not all(self._kult_top(w) for w in ((w_width,) if writes else ()) + (r_width,)):
             return KULT_BAD_ARGUMENT
         steps = []
         for _ in range(max(writes, 1)):
@@ -777,32 +1316,100 @@ class K4200ACore:
             return KULT_ARRAY_TOO_SMALL
         if 4 * len(steps) > PMU_MAX_SEGMENTS:
             return KULT_TOO_LONG
+        self._kult_start(drive, sense, i_range)
+        currents = self._kult_play(drive, sense, steps)
+        self._kult_end(drive, sense)
+        self.user_outputs = {11: currents}
+        return 0
+
+    def _ramp_read(self, values: list[str]) -> int:
+        """memlab_kult RampRead: see drivers/kult/memlab_pulse_read.md (the same contract). Each
+        write and its reads are played on the hardware before the stop is decided on the last
+        read's measured current, so the writes after the stop never happen."""
+        if len(values) != 16:
+            return KULT_BAD_ARGUMENT
+        try:
+            drive, sense = _int(values[0]), _int(values[1])
+            d_start, d_step, s_start, s_step, w_width, r_drive, r_width = (_num(values[k]) for k in range(2, 9))
+            reads, writes = _int(values[9]), _int(values[10])
+            stop_current, rising = _num(values[11]), _int(values[12])
+            i_range, size = _num(values[13]), _int(values[15])
+        except KxciError:
+            return KULT_BAD_ARGUMENT
+        i_range = self._kult_range(i_range)
+        last = writes - 1
+        if values[14] or not self._kult_channels(drive, sense) or i_range is None or not 1 <= reads \
+                or not 1 <= writes or rising not in (0, 1) or stop_current < 0 \
+                or max(abs(d_start), abs(d_start + last * d_step), abs(s_start), abs(s_start + last * s_step),
+                       abs(r_drive)) > KULT_MAX_LEVEL_V \
+                or not all(self._kult_top(w) for w in (w_width, r_width)):
+            return KULT_BAD_ARGUMENT
+        if size < reads * writes:
+            return KULT_ARRAY_TOO_SMALL
+        if 4 * (1 + reads) * writes > PMU_MAX_SEGMENTS:
+            return KULT_TOO_LONG
+        self._kult_start(drive, sense, i_range)
+        currents: list[float] = []
+        applied = 0
+        for k in range(writes):
+            group = [(d_start + k * d_step, s_start + k * s_step, w_width, False)]
+            currents += self._kult_play(drive, sense, group + [(r_drive, 0.0, r_width, True)] * reads)
+            applied += 1
+            level = abs(currents[-1])
+            if (level >= stop_current) if rising else (level <= stop_current):
+                break
+        self._kult_end(drive, sense)
+        # the module zeroes its output array before it drives anything: the slots after the
+        # last read made stay 0 (GP answers all CurrentsSize of them)
+        self.user_outputs = {15: currents + [0.0] * (size - len(currents))}
+        return applied
+
+    # the module's building blocks (the card set up as pulse_init does, each step a separate pulse)
+
+    def _kult_channels(self, drive: int, sense: int) -> bool:
+        return drive != sense and drive in self.pmu and sense in self.pmu
+
+    @staticmethod
+    def _kult_range(i_range: float) -> float | None:
+        ranges = [r for r in PMU_CURRENT_RANGES if math.isclose(r, i_range, rel_tol=1e-6)]
+        return ranges[0] if ranges else None
+
+    @staticmethod
+    def _kult_top(width: float) -> float | None:
+        """The flat top of a step of `width` (edges of 20 ns, 10 ns resolution); None: too short."""
+        top = math.floor((width - PMU_SEGMENT_MIN_S) / PMU_SEGMENT_RESOLUTION_S + 1e-6) * PMU_SEGMENT_RESOLUTION_S
+        return top if top >= PMU_SEGMENT_MIN_S else None
+
+    def _kult_start(self, drive: int, sense: int, i_range: float) -> None:
+        # the module sets the card up itself (GUESS: as pulse_init does, it clears the KXCI set-up)
+        self._pmu_reset(mode=0)
+        for ch in (drive, sense):
+            p = self.pmu[ch]
+            p.range_type, p.i_range, p.output_on, p.level = 2, i_range, True, 0.0
+        self._commit()
+
+    def _kult_play(self, drive: int, sense: int, steps) -> list[float]:
+        """Play (drive level, sense level, width, measured) steps, each rise / top / fall / 20 ns
+        at 0 V on both channels; the mean sense current over the top of each measured one."""
         plans: dict[int, list[_Segment]] = {drive: [], sense: []}
         t = 0.0
+        e = PMU_SEGMENT_MIN_S
         for level_d, level_s, width, measured in steps:
-            top = math.floor((width - PMU_SEGMENT_MIN_S) / PMU_SEGMENT_RESOLUTION_S + 1e-6) * PMU_SEGMENT_RESOLUTION_S
-            if top < PMU_SEGMENT_MIN_S:
-                return KULT_BAD_ARGUMENT
-            e = PMU_SEGMENT_MIN_S
+            top = self._kult_top(width)
             for ch, v in ((drive, level_d), (sense, level_s)):
                 window = (t + e, t + e + top) if measured and ch == sense else None
                 plans[ch] += [_Segment(t, t + e, 0.0, v, None), _Segment(t + e, t + e + top, v, v, window),
                               _Segment(t + e + top, t + 2 * e + top, v, 0.0, None),
                               _Segment(t + 2 * e + top, t + 3 * e + top, 0.0, 0.0, None)]
             t += 3 * e + top
-        # the module sets the card up itself (GUESS: as pulse_init does, it clears the KXCI set-up)
-        self._pmu_reset(mode=0)
-        for ch in (drive, sense):
-            p = self.pmu[ch]
-            p.range_type, p.i_range, p.output_on, p.level = 2, ranges[0], True, 0.0
-        self._commit()
+        before = len(self.pmu[sense].data)
         self._run(plans)
-        currents = [i for _, i, _, _ in self.pmu[sense].data]
+        return [i for _, i, _, _ in self.pmu[sense].data[before:]]
+
+    def _kult_end(self, drive: int, sense: int) -> None:
         for ch in (drive, sense):   # the module ends with its outputs off
             self.pmu[ch].output_on, self.pmu[ch].level = False, 0.0
         self._commit()
-        self.user_outputs = {11: currents}
-        return 0
 
     # --- a PMU test -----------------------------------------------------------------------------
 
@@ -949,4 +1556,5 @@ class K4200ACore:
             self._applied.update(changed)
 
 
-KULT_MODULES = {("memlab_kult", "PulseRead"): K4200ACore._pulse_read}
+KULT_MODULES = {("memlab_kult", "PulseRead"): K4200ACore._pulse_read,
+                ("memlab_kult", "RampRead"): K4200ACore._ramp_read}

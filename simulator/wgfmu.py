@@ -133,14 +133,18 @@ def _ticks(seconds, lo: float, hi: float, what: str) -> int:
     return round(seconds / TICK)   # GUESS: times are rounded to the nearest 10 ns
 
 
-def _api(needs_session: bool = True):
+def _api(needs_session: bool = True, bus: bool = False):
     """Error handling shared by every library function: an exception becomes its code,
-    and its message goes to the error queue and summary."""
+    and its message goes to the error queue and summary. A `bus` function reaches the
+    instrument (the others only build the library's own tables until update/execute): each
+    call costs one transaction of instrument time."""
     def wrap(fn):
         name = f"WGFMU_{fn.__name__.removeprefix('_f_')}"
 
         def call(self, *args):
             fault = self.faults.pop(name, None)
+            if bus and self.transaction_s and self.session is not None:
+                self.hardware.advance(self.transaction_s)
             try:
                 if fault is not None and not fault[1]:
                     raise _Fail(fault[0], "injected fault")
@@ -167,7 +171,7 @@ class EmulatedWgfmuLibrary:
     def __init__(self, hardware, *, channels=(101, 102), address_prefix: str | None = None,
                  transaction_s: float = 0.0):
         self.hardware = hardware
-        self.transaction_s = transaction_s   # instrument time to take a sequence and return its data
+        self.transaction_s = transaction_s   # instrument time per call that reaches the instrument
         self.executions = 0                  # sequences run (what a test compares the journal with)
         self.channel_ids = tuple(channels)
         self.address_prefix = address_prefix
@@ -231,7 +235,7 @@ class EmulatedWgfmuLibrary:
     def _f_closeSession(self):
         self.session = None
 
-    @_api()
+    @_api(bus=True)
     def _f_initialize(self):
         """Resets the channels: outputs off at 0 V (GUESS: disconnected)."""
         for ch, c in self._channels.items():
@@ -349,12 +353,12 @@ class EmulatedWgfmuLibrary:
 
     # --- Common - Measurement ----------------------------------------------------------------
 
-    @_api()
+    @_api(bus=True)
     def _f_connect(self, ch):
         self._channel(ch).connected = True
         self._output(ch)
 
-    @_api()
+    @_api(bus=True)
     def _f_disconnect(self, ch):
         self._channel(ch).connected = False
         self._output(ch)
@@ -471,17 +475,17 @@ class EmulatedWgfmuLibrary:
                 offset += length
         return points, windows, events
 
-    @_api()
+    @_api(bus=True)
     def _f_update(self):
         for ch in self.channel_ids:
             self._compile(ch)
 
-    @_api()
+    @_api(bus=True)
     def _f_updateChannel(self, ch):
         self._channel(ch)
         self._compile(ch)
 
-    @_api()
+    @_api(bus=True)
     def _f_execute(self):
         runs = {}
         for ch, c in self._channels.items():
@@ -490,43 +494,41 @@ class EmulatedWgfmuLibrary:
         self._status = RUNNING
         self._results, self._fetched = {}, set()
         self.executions += 1
-        if self.transaction_s:
-            self.hardware.advance(self.transaction_s)
         total = self._play(runs)
         self._status = DONE if any(events for _, _, events in runs.values()) else COMPLETED
         self._elapsed = self._total = total
 
-    @_api()
+    @_api(bus=True)
     def _f_abort(self):
         if self._status in (RUNNING, DONE):
             self._status = 10003   # ABORT_COMPLETED (the sequence already ran to its end here)
 
-    @_api()
+    @_api(bus=True)
     def _f_waitUntilCompleted(self):
         if self._status == IDLE:
             raise _Fail(NOT_RUNNING, "nothing was executed")   # GUESS: the code
 
-    @_api()
+    @_api(bus=True)
     def _f_getStatus(self, status, elapsed, total):
         _write(status, self._status)
         _write(elapsed, self._elapsed)
         _write(total, self._total)
 
-    @_api()
+    @_api(bus=True)
     def _f_getChannelStatus(self, ch, status, elapsed, total):
         self._channel(ch)
         _write(status, self._status)
         _write(elapsed, self._elapsed)
         _write(total, self._total)
 
-    @_api()
+    @_api(bus=True)
     def _f_getMeasureValueSize(self, ch, measured, total):
         self._channel(ch)
         n = len(self._results.get(ch, []))
         _write(measured, n)
         _write(total, n)
 
-    @_api()
+    @_api(bus=True)
     def _f_getMeasureValues(self, ch, offset, size, times, values):
         self._channel(ch)
         if ch not in self._results:
@@ -542,7 +544,7 @@ class EmulatedWgfmuLibrary:
             if self._fetched >= set(self._results):
                 self._status = COMPLETED
 
-    @_api()
+    @_api(bus=True)
     def _f_getMeasureValue(self, ch, index, time, value):
         self._channel(ch)
         data = self._results.get(ch)
@@ -561,7 +563,7 @@ class EmulatedWgfmuLibrary:
 
     # --- DC - Measure ------------------------------------------------------------------------
 
-    @_api()
+    @_api(bus=True)
     def _f_dcforceVoltage(self, ch, volts):
         c = self._channel(ch)
         if c.mode != DC:
@@ -572,7 +574,7 @@ class EmulatedWgfmuLibrary:
         c.level = volts
         self._output(ch)
 
-    @_api()
+    @_api(bus=True)
     def _f_dcmeasureValue(self, ch, value):
         c = self._channel(ch)
         if c.mode != DC:

@@ -25,7 +25,7 @@ def received(bench, name: str) -> list[str]:
 # per emulated instrument type: (a command that leaves it safe, a command that must not follow it)
 SAFE_COMMANDS = {
     "keysight_b1500a": (r"CL", r"(CN|DV|PV|XE|WV|MV|SRP)\b"),
-    "keithley_4200a": (r"(:PMU:OUTPUT:STATE \d+,0|DV\d+)", r"(DV\d+,|DI|:PMU:EXECUTE|:PMU:OUTPUT:STATE \d+,1)"),
+    "keithley_4200a": (r"(:PMU:OUTPUT:STATE \d+,0|DV\d+)", r"(DV\d+,|DI|:PMU:EXECUTE|:PMU:OUTPUT:STATE \d+,1|ME[123]\b|EX )"),
     "keysight_e5250a": (r":ROUT:OPEN:CARD ALL", r"(:ROUT)?:CLOS \("),
     "keithley_707b": (r'channel\.open\("allslots"\)', r'channel\.(close|exclusiveclose\("[^"])'),
 }

@@ -31,6 +31,9 @@ def test_demo_tunes_the_checkerboard(tmp_path):
     assert summary["devices_in_tolerance"] >= 0.95 * (64 - len(stuck))
     assert summary["simulator_truth"]["hazards"] == []
     assert 1 <= summary["pulses_per_device"] <= summary["pulses_per_device_max"]
+    per_device = summary["per_device"]   # one round trip per pulse and per read at least, on SMUs
+    assert per_device["round_trips"] >= summary["pulses_per_device"] and per_device["relay_ops"] > 0
+    assert 0 < per_device["bench_s"] * 64 <= summary["bench_time_s"]
 
     run_path = Path(summary["run_path"])
     assert (run_path / "summary.json").exists() and (run_path / "tuning.png").stat().st_size > 10_000
@@ -61,5 +64,5 @@ def test_demo_on_every_shipped_bench(tmp_path, bench):
     assert summary["simulator_truth"]["hazards"] == []
     (info,) = RunStore(tmp_path / "store").runs()
     run = RunStore(tmp_path / "store").get_run(info["id"])
-    journaled = len(run.operations("pulse")) + sum(len(op["extra"]["voltages"]) for op in run.operations("sequence"))
+    journaled = len(run.operations("pulse")) + sum(op["extra"]["applied"] for op in run.operations("sequence"))
     assert journaled == round(summary["pulses_per_device"] * 64)

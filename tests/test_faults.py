@@ -55,7 +55,9 @@ class ListJournal:
         """(pulses certainly applied, pulses perhaps applied) according to the journal."""
         certain = perhaps = 0
         for op, fields in self.entries:
-            n = len(fields.get("voltages", [])) if op.startswith("sequence") else 1
+            n = 1
+            if op.startswith("sequence"):   # a completed one says how many of its pulses ran (it may end early)
+                n = fields["applied"] if op == "sequence" else len(fields.get("voltages", []))
             if op in ("pulse", "sequence"):
                 certain += n
             elif op in ("pulse_unknown", "sequence_unknown"):
@@ -67,7 +69,7 @@ def executions(bench, pulser: str) -> int:
     """Sequences the fast pulse source ran, from its emulator."""
     if pulser in bench.libraries:
         return bench.libraries[pulser].executions
-    return sum(c.startswith(":PMU:EXECUTE") for c in received(bench, pulser))
+    return sum(c.startswith((":PMU:EXECUTE", "EX ")) for c in received(bench, pulser))
 
 
 def _config(bench_name: str):

@@ -1,6 +1,6 @@
 """The emulated 4200A-SCS (KXCI on a LAN socket) seen through a raw TCP socket: framing, one
-reply per message, identity, user-mode SMUs and their readings, errors, and the 4225-PMU
-shaping its waveforms on the simulated bench."""
+reply per message, identity, user-mode SMUs and their readings, errors, the 4225-PMU shaping
+its waveforms on the simulated bench, and system mode's pages, sweeps and data (DO, RD)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import socket
 
 import pytest
+import torch
 
 from helpers import one_torch_thread  # noqa: F401
 from simulator.bench import SimulatedBench
@@ -275,3 +276,198 @@ def test_the_kult_module_runs_on_the_user_library_page_and_returns_its_reads(rig
     assert wire.text("EX memlab_kult PulseRead(1,2,0,0,1e-6,0.2,1e-6,3,0,5e-3,,3)") == "RETURN VALUE = -1"
     assert bench.exposure.pulses == 3                           # a refused call drives nothing
     assert wire.text("EX memlab_kult Nothing(1)") == "KXCI command error. (-992)"
+
+
+# --- system mode ------------------------------------------------------------------------------------
+
+SYS_READING = re.compile(r"^[NLVXCT][+-]\d\.\d{4}E[+-]\d\d$")
+BARE = re.compile(r"^[+-]\d\.\d{4}E[+-]\d\d$")
+
+
+def define_sweep(wire: Wire, sweep: str = "VR1, 0, 0.2, 0.05, 1e-3", *, others: str = "1, 3",
+                 timing: str = "HT 0.05;DT 0.001;IT2") -> None:
+    """SMU1 as VAR1 (V1, I1), SMU2 (V2, I2) and SMU3, SMU4 constant at 0 V, on their pages."""
+    assert wire.text("DE;CH1, 'V1', 'I1', 1, 1;CH2, 'V2', 'I2', " + others +
+                     ";CH3, 'V3', 'I3', 1, 3;CH4, 'V4', 'I4', 1, 3") == "ACK"
+    assert wire.text(f"SS;{sweep};VC2, 0, 1e-3;VC3, 0, 1e-3;VC4, 0, 1e-3;{timing}") == "ACK"
+    assert wire.text("SM DM2;LI 'V1','I1';MD") == "ACK"
+
+
+def run(wire: Wire, trigger: str = "ME1") -> list[int]:
+    """The trigger, then SP until the busy bit clears: every status seen."""
+    assert wire.text(trigger) == "ACK"
+    seen = [int(wire.text("SP"))]
+    while seen[-1] & 16:
+        seen.append(int(wire.text("SP")))
+    return seen
+
+
+def readings(wire: Wire, name: str) -> list[tuple[str, float]]:
+    reply = wire.text(f"DO '{name}'")
+    fields = reply.split(",")
+    assert all(SYS_READING.match(f) for f in fields), reply
+    return [(f[0], float(f[1:])) for f in fields]
+
+
+@pytest.mark.parametrize("message, code", [
+    ("US;CH1, 'V1', 'I1', 1, 1", -995),      # a channel definition off the DE page
+    ("DE;VR1, 0, 1, 0.1, 1e-3", -995),       # a source set-up off the SS page
+    ("SS;ME1", -995),                        # a test started off the MD page
+    ("MD;LI 'V1'", -995),
+    ("DE;DV1,0,0.1,1e-3", -995),             # user mode in system mode
+    ("SS;IT4,1,1,0.5;US;IT4,1,1,0.5", -995),  # the custom integration is the SS page's
+])
+def test_system_mode_commands_are_taken_on_their_own_page_only(rig, message, code):
+    bench, wire, _ = rig
+    assert wire.text(message).endswith(f"({code})")
+    assert all(v is None for v in bench.source_outputs().values())
+
+
+def test_a_var1_sweep_runs_step_by_step_on_the_hardware_busy_until_its_data_is_ready(rig):
+    bench, wire, switch = rig
+    route(switch, (1, 1), (2, 5), *GROUND_THE_REST)   # SMU1 on row 0, SMU2 on column 0
+    g = bench.conductances()
+    define_sweep(wire)
+    start = bench.clock
+    seen = run(wire)
+    assert seen[0] == 16 and seen[-1] == 1, "busy while it runs, data ready after"   # 5 points, 4 a message
+    integration = 1 / 50
+    assert bench.clock - start >= 0.05 + 5 * (0.001 + integration)   # the hold, then delay and integration a step
+    volts = readings(wire, "V1")
+    assert [v for _, v in volts] == [0.0, 0.05, 0.1, 0.15, 0.2] and {s for s, _ in volts} == {"N"}
+    v = torch.zeros(4, 4, dtype=torch.float64)
+    for (_, level), (_, i1), (_, i2) in zip(volts, readings(wire, "I1"), readings(wire, "I2")):
+        v[0, :] = level
+        device = bench.array.device_currents(g, v)
+        assert i1 == pytest.approx(float(device[0].sum()), rel=0.01, abs=1e-9)   # row 0: every column at 0 V
+        assert i2 == pytest.approx(-float(device[0, 0]), rel=0.01, abs=1e-9)     # column 0: only device (0, 0)
+    assert [v for _, v in readings(wire, "V2")] == [0.0] * 5
+    stamps = [t for _, t in readings(wire, "CH1T")]
+    assert all(b - a >= 0.001 + integration for a, b in zip(stamps, stamps[1:]))
+    assert bench.exposure.line_voltage == pytest.approx(0.2) and bench.exposure.pulses == 0
+    assert all(out is None for out in bench.source_outputs().values()), "the test's SMUs end at 0 V, off"
+
+
+def test_rd_answers_one_bare_reading_by_index_and_0_past_the_last(rig):
+    _, wire, _ = rig
+    define_sweep(wire)
+    run(wire)
+    currents = readings(wire, "I1")
+    for index, (_, value) in enumerate(currents, 1):
+        reply = wire.text(f"RD 'I1', {index}")
+        assert BARE.match(reply) and float(reply) == value
+    assert wire.text(f"RD 'I1', {len(currents) + 1}") == "0"
+    assert wire.text("RD 'I1'") == ",".join(f"{v:+.4E}" for _, v in currents)
+    assert wire.text("RD 'I1', 0").endswith("(-993)")
+    assert wire.text("DO 'NOPE'") == "Data not available. (-997)"
+
+
+def test_while_a_test_runs_only_status_and_stop_are_taken(rig):
+    bench, wire, _ = rig
+    define_sweep(wire, "VR1, 0, 1, 0.05, 1e-3")     # 21 points: several messages' worth
+    assert wire.text("ME1") == "ACK"
+    assert wire.text("US;DV1,0,0.5,1e-3") == "Execution error: instrument busy. (-998)"
+    assert wire.text("DO 'V1'").endswith("(-998)")
+    assert int(wire.text("SP")) & 16
+    assert bench.source_outputs()[("analyzer", 1)][0] > 0, "SMU1 is somewhere in the sweep"
+    assert wire.text("ME4") == "ACK"                 # stopped part way
+    assert not int(wire.text("SP")) & 16
+    done = readings(wire, "V1")
+    assert 0 < len(done) < 21
+    assert all(out is None for out in bench.source_outputs().values())
+    assert wire.text("US;DV1,0,0.1,1e-3") == "ACK"  # user mode again
+
+
+def test_rst_stops_a_running_test_and_forgets_the_set_up(rig):
+    bench, wire, _ = rig
+    define_sweep(wire, "VR1, 0, 1, 0.05, 1e-3")
+    assert wire.text("ME1") == "ACK"
+    assert wire.text("*RST") == "ACK"
+    assert all(out is None for out in bench.source_outputs().values())
+    assert wire.text("MD;ME1") == "Test not configured. (-996)"
+
+
+def test_var2_steps_every_var1_sweep_with_its_hold(rig):
+    _, wire, _ = rig
+    define_sweep(wire, "VR1, 0, 0.2, 0.1, 1e-3;VP -0.1, 0.05, 3, 1e-3", others="1, 2")
+    run(wire)
+    assert [v for _, v in readings(wire, "V1")] == pytest.approx([0.0, 0.1, 0.2] * 3)
+    assert [v for _, v in readings(wire, "V2")] == pytest.approx([-0.1] * 3 + [-0.05] * 3 + [0.0] * 3)
+    stamps = [t for _, t in readings(wire, "CH1T")]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert gaps[2] > gaps[1] + 0.04 and gaps[5] > gaps[4] + 0.04, "the 50 ms hold before each VAR1 sweep"
+
+
+def test_compliance_shows_in_the_status_of_every_reading_of_the_step(rig):
+    bench, wire, switch = rig
+    route(switch, (1, 1), (2, 5), *GROUND_THE_REST)
+    define_sweep(wire, "VR1, 0, 0.2, 0.1, 1e-6")    # 1 uA: far below row 0's current
+    run(wire)
+    assert readings(wire, "I1") == [("N", 0.0), ("C", 1e-6), ("C", 1e-6)]
+    assert [s for s, _ in readings(wire, "I2")] == ["N", "T", "T"]
+
+
+def test_me3_appends_and_bc_clears_the_readings(rig):
+    _, wire, _ = rig
+    define_sweep(wire, "VR1, 0, 0.1, 0.1, 1e-3")
+    run(wire)
+    run(wire, "ME3")
+    assert [v for _, v in readings(wire, "V1")] == [0.0, 0.1, 0.0, 0.1]
+    run(wire)                                       # ME1: a cleared buffer
+    assert len(readings(wire, "V1")) == 2
+    assert wire.text("BC") == "ACK" and wire.text("DO 'V1'").endswith("(-997)")
+
+
+def test_a_set_up_without_var1_is_a_sampling_test(rig):
+    _, wire, _ = rig
+    assert wire.text("DE;CH1, 'V1', 'I1', 1, 3;SS;VC1, 0.1, 1e-3;IT1;SM;WT 0.5;IN 0.05;NR 4;MD") == "ACK"
+    run(wire)
+    assert readings(wire, "V1") == [("N", 0.1)] * 4
+    stamps = [t for _, t in readings(wire, "CH1T")]
+    assert stamps[0] >= 0.5 and [b - a for a, b in zip(stamps, stamps[1:])] == pytest.approx([0.05] * 3, rel=0.05)
+    assert wire.text("SS;IT2;SM;IN 0.01;MD") == "ACK"   # a 20 ms reading does not fit in 10 ms
+    run(wire)
+    assert [s for s, _ in readings(wire, "V1")] == ["N", "L", "L", "L"]
+
+
+@pytest.mark.parametrize("message, code", [
+    ("DE;CH1, 'V1', 'I1', 3, 1", -993),             # common must be constant
+    ("DE;CH1, 'V1', 'V1', 1, 1", -993),             # one name for two readings
+    ("DE;CH1, 'TOOLONG', 'I1', 1, 1", -993),        # names of at most 6 characters
+    ("DE;CH1, V1, 'I1', 1, 1", -993),               # in quotes
+    ("DE;CH9, 'V9', 'I9', 1, 1", -994),             # no SMU9
+    ("DE;CH1, 'V1', 'I1', 1, 1;CH2, 'V2', 'I2', 1, 1", -993),   # a second VAR1
+    ("DE;VS1", -994),                               # no SMU is configured as a voltage source
+    ("SS;VR1, 0, 1, -0.1, 1e-3", -993),             # a step away from the stop
+    ("SS;VR1, 0, 1, 0.0005, 1e-3", -993),           # below 1 mV a step is 0
+    ("SS;VR1, 0, 100, 0.01, 1e-3", -993),           # over 1024 points
+    ("SS;VR1, 0, 250, 1, 1e-3", -993),              # beyond the SMU's 210 V
+    ("SS;VR1, 0, 1, 0.1, 0.2", -993),               # beyond its 105 mA
+    ("SS;VR1, 0, 1, 0.1", -993),
+    ("SS;VP 0, 1, 40, 1e-3", -993),
+    ("SS;VC1, 0, 0", -993),
+    ("SS;HT -1", -993),
+    ("SM;NR 0", -993),
+    ("SM;DM3", -993),
+    ("MD;ME5", -993),
+    ("MD;ME1", -996),                               # nothing defined
+    ("DE;CH1, 'V1', 'I1', 1, 1;MD;ME1", -996),      # VAR1 without VR
+    ("DE;CH1, 'V1', 'I1', 1, 3;MD;ME1", -996),      # constant without VC
+    ("DE;CH1, 'V1', 'I1', 2, 1;SS;VR1, 0, 1, 0.1, 1e-3;MD;ME1", -996),   # a current source swept by VR
+])
+def test_illegal_system_mode_set_ups_answer_the_instruments_error(rig, message, code):
+    bench, wire, _ = rig
+    assert wire.text(message).endswith(f"({code})")
+    assert wire.text(":ERROR:LAST:GET").endswith(f"({code})")
+    assert all(out is None for out in bench.source_outputs().values())
+
+
+def test_a_current_sweep_forces_its_current_through_the_device(rig):
+    bench, wire, switch = rig
+    route(switch, (1, 1), (2, 5), *GROUND_THE_REST)
+    row = float(bench.conductances()[0, :].sum())
+    assert wire.text("DE;CH1, 'V1', 'I1', 2, 1;CH2, 'V2', 'I2', 1, 3;CH3, 'V3', 'I3', 1, 3;"
+                     "CH4, 'V4', 'I4', 1, 3;SS;IR1, 1e-6, 3e-6, 1e-6, 1;VC2, 0, 1e-3;VC3, 0, 1e-3;"
+                     "VC4, 0, 1e-3;MD") == "ACK"
+    run(wire)
+    assert [v for _, v in readings(wire, "V1")] == pytest.approx([1e-6 / row, 2e-6 / row, 3e-6 / row], rel=0.05)
