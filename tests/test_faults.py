@@ -99,7 +99,7 @@ def test_a_fault_mid_tuning(bench_name, instrument, kind):
                 target = 1.5 * xbar.read(2, 3).conductance
                 # the instrument's next message (a switch only hears of the next device)
                 after = server._messages
-                late = (0.5 if kind == "slow" else 1.6) * TIMEOUT
+                late = (0.02 if kind == "slow" else 1.6) * TIMEOUT   # slow: every reply 20 ms late (100 times a reply here), within the timeout
                 fault = FaultSpec(kind=kind, after=after, seconds=late, count=2)
                 server.schedule(fault.after, _fault_action(fault, server))
                 xbar.tune(2, 3, target, params)
