@@ -157,6 +157,10 @@ def cmd_sim_serve(args) -> int:
         signal.signal(s, lambda *a: stop.set())
     bench, live = emulate(config, log_dir=args.log_dir)
     try:
+        for name in bench.libraries:   # said plainly: a client of the written bench file cannot reach it
+            print(f"memlab: sim serve: {name} is an emulated instrument library, in this process only: "
+                  f"another process cannot use it (run `memlab demo --bench` or `--simulate` instead)",
+                  file=sys.stderr, flush=True)
         for name, resource in bench.resources.items():
             print(f"{name} {resource}", flush=True)
         if args.write_bench:

@@ -357,3 +357,18 @@ def test_pymeasure_spgu_set_up_reads_back_and_pulses_the_device():
             assert all(v is None for v in sim.source_outputs().values())
         finally:
             b.adapter.close()
+
+
+def test_sim_serve_says_which_instrument_it_cannot_lend():
+    """The WGFMU bench's library is emulated in process: `sim serve` serves the rest and names it."""
+    proc = memlab_cli("sim", "serve", "sim-b1500-wgfmu-e5250")
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        served = {lines.get(timeout=30).split()[0] for _ in range(2)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+    assert served == {"analyzer", "switch"} and code == 0
+    stderr = proc.stderr.read()
+    assert "wgfmu is an emulated instrument library, in this process only" in stderr, stderr
