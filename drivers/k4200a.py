@@ -859,7 +859,6 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
     max_steps = VALUES_PER_CALL // SEGMENTS_PER_STEP   # one sequence of at most 128 segments per channel
     max_ramp_steps = MAX_CHECKED_SEGMENTS // SEGMENTS_PER_STEP   # a RampRead the guard expands to check
 
-    driver_options = ("kult",)   # the bench file's instrument options memlab.bench passes as keywords
 
     def __init__(self, resource: str, *, limits: Limits, name: str = "K4200A",
                  line_ratios: dict[int, tuple[float, ...]] | None = None, kult: bool = False, **visa):

@@ -20,7 +20,7 @@ from drivers.signals import Terminated, exit_signals_raise, signals_deferred  # 
 from simulator.spec import CableToSwitch, EmulatedInstrument, SimBenchSpec
 
 from .benchlock import bench_lock
-from .config import BenchConfig, BenchFileError, driver_class
+from .config import DRIVERS, BenchConfig, BenchFileError, driver_class
 
 if TYPE_CHECKING:
     from simulator.bench import SimulatedBench
@@ -45,7 +45,7 @@ def _open_instrument(config: BenchConfig, name: str):
         return cls(inst.resource, name=name, library=library, library_path=inst.options.get("library"),
                    channels=channels, **kwargs)
     # the options a driver takes from the bench file (e.g. a 4200A's `kult`: memlab's KULT module is built)
-    kwargs |= {key: inst.options[key] for key in getattr(cls, "driver_options", ()) if key in inst.options}
+    kwargs |= {key: inst.options[key] for key, _ in DRIVERS[inst.type].options if key in inst.options}
     return cls(inst.resource, name=name, timeout_s=inst.timeout_s, visa_library=inst.visa_library, **kwargs)
 
 

@@ -26,21 +26,23 @@ class DriverEntry:
 
     path: str
     roles: frozenset[str]
+    options: tuple[tuple[str, type], ...] = ()   # bench-file options passed to the driver, and their types
 
     def load(self) -> type:
         module, name = self.path.split(":")
         return getattr(importlib.import_module(module), name)
 
 
-def _entry(path: str, *roles: str) -> DriverEntry:
-    return DriverEntry(path, frozenset(roles))
+def _entry(path: str, *roles: str, **options: type) -> DriverEntry:
+    return DriverEntry(path, frozenset(roles), tuple(options.items()))
 
 
 # the driver registry: instrument type -> driver (imported when a bench uses it)
 DRIVERS = {
     "keysight_b1500a": _entry("drivers.b1500a:B1500A", "source"),
     "keysight_e5250a": _entry("drivers.e5250a:E5250A", "switch"),
-    "keithley_4200a": _entry("drivers.k4200a:K4200A", "source", "pulser"),
+    # kult: memlab's KULT user library (drivers/kult/memlab_pulse_read.md) is built on the instrument
+    "keithley_4200a": _entry("drivers.k4200a:K4200A", "source", "pulser", kult=bool),
     "keithley_707b": _entry("drivers.k707b:K707B", "switch"),
     "keysight_b1530a": _entry("drivers.wgfmu:WGFMU", "pulser"),
 }
@@ -66,7 +68,7 @@ class InstrumentConfig(BaseModel):
     timeout_s: float = Field(5.0, gt=0)
     visa_library: str = Field("@py", description="'@py' for pyvisa-py, '@ivi' for a vendor VISA")
     options: dict[str, Any] = Field({}, description="for emulation: modules, cards; for some drivers: "
-                                                  "their `driver_options` (e.g. a 4200A's kult)")
+                                                  "their options (DRIVERS, e.g. a 4200A's kult)")
 
     @field_validator("type")
     @classmethod
@@ -74,6 +76,13 @@ class InstrumentConfig(BaseModel):
         if value not in INSTRUMENT_TYPES:
             raise ValueError(f"unknown instrument type {value!r} (known: {', '.join(INSTRUMENT_TYPES)})")
         return value
+
+    @model_validator(mode="after")
+    def _driver_options(self) -> "InstrumentConfig":
+        for key, kind in DRIVERS[self.type].options:
+            if key in self.options and type(self.options[key]) is not kind:
+                raise ValueError(f"options.{key}: a {self.type} takes {kind.__name__}, got {self.options[key]!r}")
+        return self
 
     @property
     def roles(self) -> frozenset[str]:
