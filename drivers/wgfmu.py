@@ -187,8 +187,13 @@ class WgfmuGrammar(Grammar[WgfmuState]):
         s.channels, s.patterns, s.sequences = fresh.channels, fresh.patterns, fresh.sequences
 
     def _closeSession(self, s, args, where):
-        """Another program may take the instrument after this: nothing is known any more."""
+        """Another program may take the instrument after this: nothing is known any more. Only
+        with both outputs known to be disconnected: after it, nothing here could disconnect them."""
         self._arity(args, 0, where)
+        live = [ch for ch, c in s.channels.items() if c.connected is not False]
+        if live:
+            raise LimitError(f"{where}channel(s) {live} may still be connected: disconnect them (safe_state) "
+                             f"before closing the session")
         fresh = self.unknown_state()
         s.channels, s.patterns, s.sequences = fresh.channels, fresh.patterns, fresh.sequences
 
@@ -760,8 +765,11 @@ class WGFMU(PulseSource):
             self.safe_state()
         finally:
             if self._session:
-                self._session = False
-                self.call("closeSession", check=False)
+                try:   # refused while an output may be connected: the session stays for another safe_state
+                    self.call("closeSession", check=False)
+                    self._session = False
+                except LimitError:
+                    pass
 
 
 def _ticks_or_none(seconds: float) -> int | None:

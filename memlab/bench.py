@@ -10,6 +10,7 @@ it does so.
 from __future__ import annotations
 
 import contextlib
+import re
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 # emulate: an emulated bench lends its library objects under a resource name of this form.
 EMULATED_LIBRARY = "EMULATED::"
 _emulated_libraries: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
+_REMOTE_LIBRARY = re.compile(r"^EMULATED::tcp://([\w.\-]+):(\d+)::\w+$")   # one `memlab sim serve` lends
 
 
 def _open_instrument(config: BenchConfig, name: str):
@@ -39,6 +41,12 @@ def _open_instrument(config: BenchConfig, name: str):
         kwargs["line_ratios"] = config.pulse_line_ratios()
     if getattr(cls, "uses_vendor_library", False):
         library = _emulated_libraries.get(inst.resource) if inst.resource.startswith(EMULATED_LIBRARY) else None
+        if library is None and (remote := _REMOTE_LIBRARY.match(inst.resource)):   # lent by `memlab sim serve`
+            from drivers.wgfmu_remote import RemoteWgfmuLibrary
+            try:
+                library = RemoteWgfmuLibrary(remote.group(1), int(remote.group(2)), timeout_s=inst.timeout_s)
+            except OSError as exc:
+                raise InstrumentNotAnswering(f"{name}: nothing answers at {inst.resource} ({exc})") from None
         if inst.resource.startswith(EMULATED_LIBRARY) and library is None:
             raise InstrumentNotAnswering(f"{name}: emulated library {inst.resource} is not running")
         channels = tuple(inst.options.get("channels", (101, 102)))

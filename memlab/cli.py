@@ -155,14 +155,18 @@ def cmd_sim_serve(args) -> int:
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, lambda *a: stop.set())
+    from simulator.wgfmu_server import LibraryServer
+
     bench, live = emulate(config, log_dir=args.log_dir)
+    lent = {}
     try:
-        for name in bench.libraries:   # said plainly: a client of the written bench file cannot reach it
-            print(f"memlab: sim serve: {name} is an emulated instrument library, in this process only: "
-                  f"another process cannot use it (run `memlab demo --bench` or `--simulate` instead)",
-                  file=sys.stderr, flush=True)
+        for name, library in bench.libraries.items():   # an instrument library: lent over a socket
+            lent[name] = LibraryServer(library, name, lock=bench.lock)
+        live = live.with_resources({name: f"EMULATED::{server.resource}::{name}" for name, server in lent.items()})
         for name, resource in bench.resources.items():
             print(f"{name} {resource}", flush=True)
+        for name in lent:
+            print(f"{name} {live.instruments[name].resource}", flush=True)
         if args.write_bench:
             Path(args.write_bench).write_text(live.to_yaml())
         try:
@@ -170,6 +174,8 @@ def cmd_sim_serve(args) -> int:
         except KeyboardInterrupt:
             pass
     finally:
+        for server in lent.values():
+            server.stop()
         bench.stop()
     return 0
 

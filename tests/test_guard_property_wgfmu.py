@@ -199,3 +199,18 @@ def test_the_property_is_not_vacuous(bench):
     e = bench.exposure
     assert e.device_voltage > limits.max_device_voltage and e.pulse_width > limits.max_pulse_width
     wg.close()
+
+
+def test_the_session_is_not_closed_under_a_connected_output(bench):
+    """The example the property test found: a raw closeSession after a sequence left the
+    outputs connected with nothing left to disconnect them. The guard refuses it; close() ends
+    with both outputs off."""
+    limits = Limits(max_line_voltage=1.0, max_device_voltage=1.0)
+    wg = WGFMU(ADDRESS, limits=limits, library=EmulatedWgfmuLibrary(_SourceHardware(bench, "wgfmu")))
+    wg.initialize()
+    wg.run_sequence(DRIVE, SENSE, [PulseStep(0.0, 0.0, 1e-8)])
+    with pytest.raises(LimitError, match="may still be connected"):
+        wg.call("closeSession")
+    wg.close()
+    outputs = bench.source_outputs()
+    assert outputs.get(("wgfmu", DRIVE)) is None and outputs.get(("wgfmu", SENSE)) is None

@@ -359,16 +359,66 @@ def test_pymeasure_spgu_set_up_reads_back_and_pulses_the_device():
             b.adapter.close()
 
 
-def test_sim_serve_says_which_instrument_it_cannot_lend():
-    """The WGFMU bench's library is emulated in process: `sim serve` serves the rest and names it."""
-    proc = memlab_cli("sim", "serve", "sim-b1500-wgfmu-e5250")
+def test_sim_serve_lends_the_wgfmu_library_to_another_process(tmp_path):
+    """The WGFMU bench served by a child: this process opens it from the written bench file
+    (the emulated library reached over its socket) and tunes a device on the WGFMU."""
+    from memlab.bench import open_crossbar
+    from memlab.config import load_bench
+
+    bench_file = tmp_path / "live.yaml"
+    proc = memlab_cli("sim", "serve", "sim-b1500-wgfmu-e5250", "--write-bench", str(bench_file))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     try:
-        served = {lines.get(timeout=30).split()[0] for _ in range(2)}
+        served = dict(lines.get(timeout=30).split() for _ in range(3))
+        assert served["wgfmu"].startswith("EMULATED::tcp://127.0.0.1:")
+        deadline = time.monotonic() + 30
+        while not bench_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)   # the file written whole
+        config = load_bench(bench_file)
+        with open_crossbar(config) as xbar:
+            g0 = xbar.read(1, 1).conductance
+            result = xbar.tune(1, 1, 1.3 * g0, config.tune_params(tolerance=0.02, reads_to_accept=3))
+            sequences = xbar.pulser.pulses_sent
+        assert result.tuned and abs(result.conductance / (1.3 * g0) - 1) <= 0.02
+        assert sequences >= 2   # reads and pulses ran as WGFMU sequences, in the other process
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=10)
-    assert served == {"analyzer", "switch"} and code == 0
-    stderr = proc.stderr.read()
-    assert "wgfmu is an emulated instrument library, in this process only" in stderr, stderr
+    assert code == 0, proc.stderr.read()
+
+
+def test_a_lent_library_outlives_a_client_that_died(tmp_path):
+    """A client that vanished without closing its session does not lock the next one out."""
+    import ctypes
+
+    from drivers.wgfmu_remote import RemoteWgfmuLibrary
+    from simulator.wgfmu import EmulatedWgfmuLibrary
+    from simulator.wgfmu_server import LibraryServer
+
+    class NoHardware:
+        def apply(self, outputs): pass
+        def advance(self, seconds): pass
+        def measure_current(self, slot, integration_s): return 0.0
+        def note_pulse(self, *a): pass
+
+    server = LibraryServer(EmulatedWgfmuLibrary(NoHardware()), "wgfmu")
+    try:
+        first = RemoteWgfmuLibrary(server.host, server.port)
+        assert first.WGFMU_openSession(b"GPIB0::17::INSTR") == 0
+        first.close()   # gone without closeSession
+        second = RemoteWgfmuLibrary(server.host, server.port)
+        for _ in range(100):
+            if second.WGFMU_openSession(b"GPIB0::17::INSTR") == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the first client's session was never closed")
+        size = ctypes.c_int()
+        assert second.WGFMU_getChannelIdSize(ctypes.byref(size)) == 0 and size.value == 2
+        ids = (ctypes.c_int * 2)()
+        assert second.WGFMU_getChannelIds(ids, ctypes.byref(size)) == 0 and list(ids) == [101, 102]
+        second.close()
+    finally:
+        server.stop()
