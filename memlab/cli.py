@@ -163,12 +163,14 @@ def cmd_sim_serve(args) -> int:
         for name, library in bench.libraries.items():   # an instrument library: lent over a socket
             lent[name] = LibraryServer(library, name, lock=bench.lock)
         live = live.with_resources({name: f"EMULATED::{server.resource}::{name}" for name, server in lent.items()})
+        if args.write_bench:   # whole before the resources are printed: a client may read it then
+            partial = Path(f"{args.write_bench}.partial")
+            partial.write_text(live.to_yaml())
+            partial.replace(args.write_bench)
         for name, resource in bench.resources.items():
             print(f"{name} {resource}", flush=True)
         for name in lent:
             print(f"{name} {live.instruments[name].resource}", flush=True)
-        if args.write_bench:
-            Path(args.write_bench).write_text(live.to_yaml())
         try:
             stop.wait()
         except KeyboardInterrupt:
