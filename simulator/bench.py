@@ -94,11 +94,14 @@ class SimulatedBench:
         self.libraries: dict[str, object] = {}
         log_dir = Path(log_dir) if log_dir else None
         for inst in spec.instruments:
-            if inst.type in LIBRARY_CORES:
-                self.libraries[inst.name] = _core_class(LIBRARY_CORES[inst.type]).emulate(
-                    _SourceHardware(self, inst.name), inst.options, spec.timing)
-                continue
-            core = self._make_core(inst)
+            try:
+                if inst.type in LIBRARY_CORES:
+                    self.libraries[inst.name] = _core_class(LIBRARY_CORES[inst.type]).emulate(
+                        _SourceHardware(self, inst.name), inst.options, spec.timing)
+                    continue
+                core = self._make_core(inst)
+            except (ValueError, TypeError, KeyError) as exc:   # an emulation option the core cannot take
+                raise ValueError(f"instruments.{inst.name}.options: {exc}") from None
             self.cores[inst.name] = core
             self.servers[inst.name] = InstrumentServer(
                 core, inst.name, port=inst.port, lock=self.lock, clock=lambda: self.array.clock,

@@ -23,6 +23,7 @@ from helpers import memlab_cli, received
 from memlab.bench import open_crossbar
 from memlab.cli import main
 from memlab.config import SHIPPED_BENCHES, BenchFileError, load_bench
+from memlab.store import RunStore
 
 SHIPPED = (SHIPPED_BENCHES / "sim-b1500-e5250.yaml").read_text()
 
@@ -189,6 +190,14 @@ def test_unreadable_bench_files(tmp_path, capsys, sigterm_restored):
         code, out, err = run_cli(capsys, "bench", "check", str(path))
         assert code == 1
         assert_one_error_line(err, str(path), fragment)
+
+
+def test_an_emulation_option_the_emulator_cannot_take_is_named(tmp_path, capsys, sigterm_restored):
+    path = write_case(tmp_path, "cards", SHIPPED.replace("cards: 2", "cards: two"))
+    code, out, err = run_cli(capsys, "demo", "--bench", str(path), "--store", str(tmp_path / "store"))
+    assert code == 1
+    assert_one_error_line(err, "instruments.switch.options", "'two'")
+    assert not (tmp_path / "store").exists() or RunStore(tmp_path / "store").runs() == []
 
 
 # --- instruments that do not answer -------------------------------------------------------------
