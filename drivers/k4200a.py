@@ -323,11 +323,7 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
         commands = [*self._arb_init(), *self.sequence_commands(drive, sense, steps, measure_on=measure_on)]
         self.guard.check(";".join([*commands, ":PMU:EXECUTE"]))   # the whole test, before anything is sent
         self.send(*commands)
-        self.drain()
-        with signals_deferred():
-            self._awaiting_reply = True
-            self.write(":PMU:EXECUTE")
-            self.pulses_sent += 1
+        self._send_once(":PMU:EXECUTE")
         try:
             reply = self.read()
             if reply != "ACK":
@@ -469,11 +465,7 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
         self.guard.check(command)   # the whole test, before anything is sent
         if self.guard.state.page != "UL":
             self.send("UL")
-        self.drain()
-        with signals_deferred():
-            self._awaiting_reply = True
-            self.write(command)
-            self.pulses_sent += 1
+        self._send_once(command)
         try:
             reply = self.read()
             m = re.fullmatch(r"RETURN VALUE\s*=\s*([+-]?\d+)", reply)
@@ -573,14 +565,19 @@ class K4200A(VisaInstrument, SourceMeter, PulseSource):
                              f"not valid measurements")
         return [(v.value, i.value) for v, i in zip(volts, amps)]
 
-    def _run_system_test(self, trigger: str) -> None:
-        """The trigger (counted as it leaves the host, never repeated), its ACK, then SP polled
-        until the busy bit clears with data ready."""
+    def _send_once(self, message: str) -> None:
+        """A message that applies pulses: sent once, counted as it leaves the host (never
+        retried); its reply is read by the caller."""
         self.drain()
         with signals_deferred():
             self._awaiting_reply = True
-            self.write(trigger)
+            self.write(message)
             self.pulses_sent += 1
+
+    def _run_system_test(self, trigger: str) -> None:
+        """The trigger (counted as it leaves the host, never repeated), its ACK, then SP polled
+        until the busy bit clears with data ready."""
+        self._send_once(trigger)
         try:
             reply = self.read()
             if reply != "ACK":
