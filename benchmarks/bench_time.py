@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "pulses_per_device"):
             ratio = o[key] / v[key] if v[key] else float("nan")
             print(f"  {key:24s} {o[key]:10.4g} {v[key]:10.4g} {ratio:7.3f}")
-        print(f"  pulse-and-read pairs per round trip: {o['pairs_per_round_trip']} optimized, "
-              f"{v['pairs_per_round_trip']} naive; per sequence on the pulse source: "
+        print(f"  pulse-and-read pairs per round trip of all instruments: {o['pairs_per_round_trip']} optimized, "
+              f"{v['pairs_per_round_trip']} naive; per sequence run on the pulse source (a WGFMU "
+              f"round trip; a KULT call takes 2-3): "
               f"{o['pairs_per_sequence']} / {v['pairs_per_sequence']}; in 1 % (non-stuck, truth): "
               f"{o['in_tolerance_non_stuck'] * 100:.1f} % / {v['in_tolerance_non_stuck'] * 100:.1f} %; "
               f"wall {o['wall_s']} s / {v['wall_s']} s")

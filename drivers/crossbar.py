@@ -276,9 +276,9 @@ class InstrumentCrossbar(Crossbar):
         return fast_levels(self.wiring.pulse, voltage, scheme)
 
     def _fast_steps(self, voltages, width: float, scheme: Scheme, reads: int = 1,
-                    stop: Stop | None = None) -> list[PulseStep] | None:
-        """Each pulse followed by `reads` read steps (ending at `stop`); None if the fast path
-        cannot do it."""
+                    stop: Stop | None = None, then_reads: int = 0) -> list[PulseStep] | None:
+        """Each pulse followed by `reads` read steps (ending at `stop`), then `then_reads` more;
+        None if the fast path cannot do it."""
         read = self._fast_levels(self.read_voltage, None)
         steps = []
         for v in voltages:
@@ -288,6 +288,7 @@ class InstrumentCrossbar(Crossbar):
                     return None
                 steps.append(PulseStep(*levels, width))
             steps += [PulseStep(*read, self.read_width, measure=True)] * reads
+        steps += [PulseStep(*read, self.read_width, measure=True)] * then_reads
         if len(steps) > (self.pulser.max_ramp_steps if stop else self.pulser.max_steps):
             return None
         channels = self.wiring.pulse.drive.channel, self.wiring.pulse.sense.channel
@@ -342,10 +343,12 @@ class InstrumentCrossbar(Crossbar):
         return not self.fast or self.pulser.stops_early
 
     def pulse_and_read(self, row: int, col: int, voltages: Sequence[float], width: float,
-                       scheme: Scheme | str = Scheme.V3, reads: int = 1, *,
+                       scheme: Scheme | str = Scheme.V3, reads: int = 1, *, then_reads: int = 0,
                        stop_above: float | None = None, stop_below: float | None = None) -> list[list[float]]:
         """On the fast path, one sequence (journaled as one `sequence` operation)."""
         scheme = Scheme(scheme)
+        if then_reads and (stop_above is not None or stop_below is not None):
+            raise ValueError("a sequence that can end early takes no reads after its last pulse")
         stop = None
         if voltages and (stop_above is not None or stop_below is not None):
             # the sense channel sinks the device current: compared in magnitude
@@ -356,12 +359,13 @@ class InstrumentCrossbar(Crossbar):
             self._check_device(row, col)
             for v in voltages:
                 self.limits.check_device_voltage(v, f"pulse on ({row}, {col}): ")
-            steps = self._fast_steps(list(voltages) or [None], width, scheme, reads, stop)
+            steps = self._fast_steps(list(voltages) or [None], width, scheme, reads, stop, then_reads)
         if steps is None:
-            return super().pulse_and_read(row, col, voltages, width, scheme, reads,
+            return super().pulse_and_read(row, col, voltages, width, scheme, reads, then_reads=then_reads,
                                           stop_above=stop_above, stop_below=stop_below)
         fields = {"row": row, "col": col, "voltages": list(voltages), "width": width, "scheme": str(scheme),
-                  "reads": reads, **({"stop_above": stop_above} if stop_above is not None else {}),
+                  "reads": reads, **({"then_reads": then_reads} if then_reads else {}),
+                  **({"stop_above": stop_above} if stop_above is not None else {}),
                   **({"stop_below": stop_below} if stop_below is not None else {})}
         try:
             self._begin("sequence", fields)
@@ -369,8 +373,10 @@ class InstrumentCrossbar(Crossbar):
         except BaseException as exc:
             self.settle(_why(exc))
             raise
-        self._end("sequence", {**fields, "conductances": g, "applied": len(g) // reads if voltages else 0})
-        return [g[k * reads:(k + 1) * reads] for k in range(max(1, math.ceil(len(g) / reads)))]
+        grouped, tail = g[:len(g) - then_reads], g[len(g) - then_reads:]
+        self._end("sequence", {**fields, "conductances": g, "applied": len(grouped) // reads if voltages else 0})
+        groups = [grouped[k * reads:(k + 1) * reads] for k in range(max(1, math.ceil(len(grouped) / reads)))]
+        return groups + [tail] if then_reads else groups
 
     def _pulse(self, row: int, col: int, voltage: float, width: float, scheme: Scheme) -> Pulse:
         return self._recovering(self._pulse_once, row, col, voltage, width, scheme)

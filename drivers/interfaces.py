@@ -275,16 +275,20 @@ class Crossbar(ABC):
     stops_early: bool = True   # a sequence can end at the first read past a threshold
 
     def pulse_and_read(self, row: int, col: int, voltages: Sequence[float], width: float,
-                       scheme: Scheme | str = Scheme.V3, reads: int = 1, *,
+                       scheme: Scheme | str = Scheme.V3, reads: int = 1, *, then_reads: int = 0,
                        stop_above: float | None = None, stop_below: float | None = None) -> list[list[float]]:
         """Each pulse of `voltages` followed by `reads` reads of the device: the conductances
-        read after each pulse (with no voltages, `reads` reads and no pulse). With `stop_above`
+        read after each pulse (with no voltages, `reads` reads and no pulse); with `then_reads`,
+        one more group of that many reads after the last pulse. With `stop_above`
         (`stop_below`) the sequence ends after the first pulse whose last read is at or above
         (below) it: the pulses after it are not sent, and fewer groups come back. A backend that
         can run them as one sequence (a WGFMU or PMU) does; the default goes one by one, and
         stops at the first failure (the pulses after it are not sent)."""
-        if (stop_above is not None or stop_below is not None) and not self.stops_early:
+        stopping = stop_above is not None or stop_below is not None
+        if stopping and not self.stops_early:
             raise ValueError(f"{type(self).__name__}: this crossbar's sequences cannot end early")
+        if stopping and then_reads:
+            raise ValueError("a sequence that can end early takes no reads after its last pulse")
         out = []
         for v in voltages or [None]:
             if v is not None:
@@ -292,6 +296,8 @@ class Crossbar(ABC):
             out.append([self.read(row, col).conductance for _ in range(reads)])
             if _past(out[-1][-1], stop_above, stop_below):
                 break
+        if then_reads:
+            out.append([self.read(row, col).conductance for _ in range(then_reads)])
         return out
 
     def read_all(self) -> np.ndarray:

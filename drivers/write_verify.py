@@ -7,20 +7,29 @@ reads are in tolerance, or give up when a voltage or pulse cap is hit (the devic
 reported as failed, with the reason). A pulse whose outcome is unknown is never repeated
 blindly: the device is read again and the decision made afresh.
 
-Where the crossbar runs pulse-and-read sequences (`Crossbar.max_batch` > 1) the same ramp
-goes out many pulses per round trip, and the reads that accept a device go out together:
+Where the crossbar runs pulse-and-read sequences (`Crossbar.max_batch` > 1) many pulses go
+out per round trip:
 
 - a sequence that can end at the first read reaching the band (`Crossbar.stops_early`, e.g.
-  memlab's KULT module on a 4200A) carries the ramp up to the pulse cap: the decisions are
-  exactly those of one pulse per round trip;
-- a sequence planned whole (a WGFMU, a PMU segment ARB) cannot stop: it carries as many
-  pulses as the latest pulses' effect says cannot carry the device past half the way to
-  its target (doubling while it does not move yet).
+  memlab's KULT module on a 4200A) carries the ramp up to the pulse cap, and the reads that
+  accept a device go out together: the decisions are exactly those of one pulse per round
+  trip;
+- a sequence planned whole (a WGFMU, a PMU segment ARB) cannot stop, so it is sized from
+  what the device did, and ends with the reads that would accept it: while a polarity has
+  not yet moved the device measurably, the ramp from its start amplitude, as many pulses as
+  should not carry it past `aim` of the distance to the target if the first moved it
+  `min_step` of the target and each next one `rate_slope` x `step` more; after that,
+  pulses of one amplitude (up to `max_batch`, never below the start amplitude: a pulse too
+  weak to switch a device drifts it instead) chosen from the change per pulse last
+  measured, to cover `aim` of the distance. A polarity keeps what it learned across
+  overshoots; a change within the noise of the accepting reads' means only bounds the
+  rate, and repeated sequences at one amplitude pool their evidence.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -50,10 +59,16 @@ class TuneParams(BaseModel):
     max_failures: int = Field(3, ge=1, description="consecutive instrument failures before aborting")
     stuck_span: float = Field(0.03, gt=0, description="a failed device whose reads never spread more "
                                                      "than this fraction of the target is called stuck")
-    max_batch: int = Field(32, ge=1, description="pulses sent in one sequence at most, where the "
-                                                 "crossbar runs sequences (1: one per round trip)")
-    ramp_speedup: float = Field(1.3, ge=1, description="how much more each pulse of a ramp is assumed to "
-                                                       "move a device than the one before (batch sizing)")
+    max_batch: int = Field(32, ge=1, description="pulses in one sequence at most, where the crossbar "
+                                                 "runs sequences (1: one per round trip)")
+    aim: float = Field(0.9, gt=0, le=1, description="fraction of the distance to the target a planned "
+                                                    "sequence is sized to cover")
+    min_step: float = Field(0.001, gt=0, lt=1, description="smallest change per pulse a planned sequence "
+                                                          "is sized for, as a fraction of the target: less "
+                                                          "is done with fewer pulses (a pulse too weak to "
+                                                          "switch a device drifts it instead)")
+    rate_slope: float = Field(16.0, gt=0, description="growth of a pulse's effect with its amplitude, "
+                                                      "d ln(dG) / d|V| (1/V), for sizing planned sequences")
 
     @model_validator(mode="after")
     def _ranges(self) -> "TuneParams":
@@ -84,62 +99,54 @@ class TuneResult:
     def error(self) -> float:
         return self.conductance / self.target - 1
 
+    def seen(self, g: float) -> None:
+        self.reads += 1
+        self.conductance = g
+        if self.reads == 1:
+            self.g_initial = g
+        self.g_low, self.g_high = min(self.g_low, g), max(self.g_high, g)
+
+    def accept(self, reads: list[float]) -> "TuneResult":
+        self.tuned = True
+        self.conductance = sum(reads) / len(reads)
+        return self
+
 
 def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> TuneResult:
     if target <= 0:
         raise ValueError(f"target conductance must be positive, got {target}")
     res = TuneResult(row, col, target, tuned=False, conductance=float("nan"))
+    batch = max(1, min(p.max_batch, xbar.max_batch))
+    if batch > 1 and not xbar.stops_early:
+        return _tune_planned(xbar, res, p, batch)
     band = p.tolerance * target
     amplitude = {+1: p.set_start, -1: p.reset_start}
-    batch = max(1, min(p.max_batch, xbar.max_batch))
-    planned = batch > 1 and not xbar.stops_early   # sequences that cannot end early: sized to fall short
     last_polarity = 0
     accepted: list[float] = []
     failures = 0
-    moved = None   # |change| per pulse at the end of the last sequence (None: not measured at this polarity)
-    size = 1       # pulses in the last sequence
-
-    def seen(g: float) -> None:
-        res.reads += 1
-        res.conductance = g
-        if res.reads == 1:
-            res.g_initial = g
-        res.g_low, res.g_high = min(res.g_low, g), max(res.g_high, g)
 
     g = None
     while True:
         if g is None:   # the device's state is not known: read it
-            try:
-                g = xbar.read(row, col).conductance
-            except LimitError:
-                raise
-            except DriverError as exc:
-                failures = _failed(res, failures, p, f"read: {exc}")
+            g, failures = _read(xbar, res, p, failures)
+            if g is None:
                 continue
-            failures = 0
-            seen(g)
 
         if abs(g - target) <= band:
             accepted.append(g)
             if batch > 1 and len(accepted) < p.reads_to_accept:
-                try:   # the remaining accepting reads in one sequence
-                    reads = xbar.pulse_and_read(row, col, [], p.width, p.scheme,
-                                                reads=p.reads_to_accept - len(accepted))[0]
-                except LimitError:
-                    raise
-                except DriverError as exc:
-                    failures, g = _failed(res, failures, p, f"reads: {exc}"), None
+                # the remaining accepting reads in one sequence
+                groups, failures = _run(xbar, res, p, failures, [], reads=p.reads_to_accept - len(accepted))
+                if groups is None:
+                    g = None
                     continue
-                failures = 0
-                for g in reads:
-                    seen(g)
+                for g in groups[0]:
+                    res.seen(g)
                     if abs(g - target) > band:
                         break
                     accepted.append(g)
             if len(accepted) >= p.reads_to_accept:
-                res.tuned = True
-                res.conductance = sum(accepted) / len(accepted)
-                return res
+                return res.accept(accepted)
             if abs(g - target) <= band:
                 g = None
                 continue
@@ -148,7 +155,6 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
         polarity = +1 if g < target else -1
         if last_polarity and polarity != last_polarity:  # overshoot
             amplitude[polarity] = p.set_start if polarity > 0 else p.reset_start
-            moved = None
         stop = p.set_stop if polarity > 0 else p.reset_stop
         v = amplitude[polarity]
         if abs(v) > abs(stop) + 1e-12:
@@ -156,26 +162,20 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
                                     f"{stop:+.2f} V at G = {g * 1e6:.1f} uS")
         if res.pulses >= p.max_pulses:
             return _give_up(res, p, f"pulse cap {p.max_pulses} reached at G = {g * 1e6:.1f} uS")
-        if planned:
-            size = _batch_size(batch, moved, abs(target - g), size, p.ramp_speedup)
-        voltages = _ramp(v, polarity, stop, p, min(size if planned else batch, p.max_pulses - res.pulses))
+        voltages = _ramp(v, polarity, stop, p, min(batch, p.max_pulses - res.pulses))
         res.pulses += len(voltages)  # counted before sending: a pulse with an unknown outcome may have happened
         last_polarity = polarity
-        before = g
         try:
             if batch == 1:
                 xbar.pulse(row, col, voltages[0], p.width, p.scheme)
                 sent, g = 1, None
             else:
-                until = {} if planned else \
-                    {"stop_above": target - band} if polarity > 0 else {"stop_below": target + band}
+                until = {"stop_above": target - band} if polarity > 0 else {"stop_below": target + band}
                 reads = [r[0] for r in xbar.pulse_and_read(row, col, voltages, p.width, p.scheme, **until)]
                 sent = len(reads)
                 res.pulses -= len(voltages) - sent
                 for g in reads:
-                    seen(g)
-                last = [before, *reads][-min(4, len(reads)) - 1:]   # the most recent pulses: the largest
-                moved = abs(last[-1] - last[0]) / (len(last) - 1)
+                    res.seen(g)
             failures = 0
             # no creeping past a cap by rounding
             amplitude[polarity] = round(voltages[sent - 1] + polarity * p.step, 9)
@@ -187,6 +187,166 @@ def tune(xbar: Crossbar, row: int, col: int, target: float, p: TuneParams) -> Tu
             g = None
 
 
+@dataclass
+class _Rate:
+    """What the latest planned sequences of one polarity measured: a pulse of amplitude `v`
+    moved the device `r` (S) towards the target, or at most `r` when the change was within
+    its noise (`bound`; the evidence of sequences at that one amplitude is pooled:
+    `moved` over `pulses`, with `variance`). `ramping` until a sequence of the polarity
+    has moved the device measurably."""
+
+    v: float
+    r: float
+    bound: bool
+    ramping: bool
+    moved: float = 0.0
+    pulses: int = 0
+    variance: float = 0.0
+
+
+def _tune_planned(xbar: Crossbar, res: TuneResult, p: TuneParams, batch: int) -> TuneResult:
+    """Sequences that cannot end early (see the module's docstring); the device's state
+    between them is the mean of the accepting reads each one ends with."""
+    target = res.target
+    band = p.tolerance * target
+    tail = p.reads_to_accept
+    batch = max(1, min(batch, xbar.max_batch - (tail + 1) // 2))
+    rates: dict[int, _Rate] = {}
+    failures = 0
+    g = None
+    while True:
+        if g is None:
+            g, failures = _read(xbar, res, p, failures)
+            known = 1   # reads averaged in g
+            if g is None:
+                continue
+            if abs(g - target) <= band:   # perhaps already tuned: the accepting reads alone
+                groups, failures = _run(xbar, res, p, failures, [], reads=tail)
+                if groups is None:
+                    g = None
+                    continue
+                reads = groups[0]
+                for r in reads:
+                    res.seen(r)
+                if all(abs(r - target) <= band for r in reads):
+                    return res.accept(reads)
+                g, known = sum(reads) / len(reads), len(reads)
+
+        polarity = +1 if g < target else -1
+        stop = p.set_stop if polarity > 0 else p.reset_stop
+        start = p.set_start if polarity > 0 else p.reset_start
+        left = p.max_pulses - res.pulses
+        if left <= 0:
+            return _give_up(res, p, f"pulse cap {p.max_pulses} reached at G = {g * 1e6:.1f} uS")
+        rate = rates.get(polarity)
+        if rate is None or rate.ramping:
+            first = start if rate is None else round(rate.v + polarity * p.step, 9)
+            n = _ramp_length(rate, first, p.aim * abs(target - g), p.min_step * target, min(batch, left), p)
+            voltages = _ramp(first, polarity, stop, p, n)
+        else:
+            v, n = _planned(rate, p.aim * abs(target - g), target, start, stop, min(batch, left), p)
+            voltages = [v] * n
+        if not voltages or rate is not None and rate.bound and abs(rate.v) >= abs(stop) - 1e-12:
+            return _give_up(res, p, f"{'SET' if polarity > 0 else 'RESET'} amplitude would exceed "
+                                    f"{stop:+.2f} V at G = {g * 1e6:.1f} uS")
+        res.pulses += len(voltages)  # counted before sending: a pulse with an unknown outcome may have happened
+        before, before_reads = g, known
+        groups, failures = _run(xbar, res, p, failures, voltages, then_reads=tail)
+        if groups is None:
+            g = None
+            continue
+        for group in groups:
+            for r in group:
+                res.seen(r)
+        reads = groups[-1]
+        if all(abs(r - target) <= band for r in reads):
+            return res.accept(reads)
+        g, known = sum(reads) / len(reads), len(reads)
+        noise = statistics.stdev(reads) * math.sqrt(1 / before_reads + 1 / known) if known > 1 else 0.0
+        rates[polarity] = _measured(rate, voltages, polarity * (g - before), noise, p.rate_slope)
+
+
+def _ramp_length(rate: _Rate | None, first: float, wanted: float, assumed: float, most: int,
+                 p: TuneParams) -> int:
+    """Pulses of the ramp from `first` that should together move the device no more than
+    `wanted`, if its first pulse moved it `assumed` (or what the latest bound on the change
+    allows, carried to `first`, if less) and each next pulse `rate_slope` x `step` more."""
+    if rate is not None:
+        assumed = min(assumed, rate.r * math.exp(p.rate_slope * (abs(first) - abs(rate.v))))
+    growth, total, n = math.exp(p.rate_slope * p.step), 0.0, 0
+    while n < most:
+        total += assumed * growth ** n
+        if total > wanted:
+            break
+        n += 1
+    return max(1, n)
+
+
+def _planned(rate: _Rate, wanted: float, target: float, start: float, stop: float, most: int,
+             p: TuneParams) -> tuple[float, int]:
+    """Amplitude and number of pulses that should move the device `wanted` in all, from the
+    latest measurement: `most` pulses, or fewer where each would move it less than
+    `min_step` of the target (or less than at the start amplitude); an amplitude at most
+    one that moves the device four times as far per pulse, on the grid of `step`, within
+    [start, stop]."""
+    per_pulse = max(wanted / most, p.min_step * target)
+    dv = min(math.log(4), math.log(per_pulse / rate.r)) / p.rate_slope if rate.r > 0 else math.log(4) / p.rate_slope
+    magnitude = min(abs(stop), max(abs(start), round((abs(rate.v) + dv) / p.step) * p.step))
+    change = rate.r * math.exp(p.rate_slope * (magnitude - abs(rate.v)))   # per pulse, at this amplitude
+    n = max(1, min(most, round(wanted / change))) if change > 0 else most
+    return math.copysign(round(magnitude, 9), stop), n
+
+
+def _measured(previous: _Rate | None, voltages: list[float], moved: float, noise: float,
+              slope: float) -> _Rate:
+    """The change per pulse at the last amplitude of `voltages`, which together moved the
+    device `moved` towards the target, measured with standard deviation `noise` (pulses
+    of other amplitudes weighted by `slope`). A change within twice its noise only bounds
+    it; then the next sequence at the same amplitude adds its evidence to this one's."""
+    v, n = voltages[-1], len(voltages)
+    constant = all(u == v for u in voltages)
+    pooled = constant and previous is not None and previous.bound and previous.pulses and previous.v == v
+    variance = noise ** 2
+    if pooled:
+        moved, n, variance = moved + previous.moved, n + previous.pulses, variance + previous.variance
+        weight = float(n)
+    else:
+        weight = sum(math.exp(slope * (abs(u) - abs(v))) for u in voltages)
+    spread = 2 * math.sqrt(variance)
+    if moved > spread:
+        return _Rate(v, moved / weight, bound=False, ramping=False)
+    bound = (max(moved, 0.0) + spread) / weight
+    if previous is not None:   # the earlier measurement, carried to this amplitude, may bound it lower
+        bound = min(bound, previous.r * math.exp(slope * (abs(v) - abs(previous.v))))
+    return _Rate(v, bound, bound=True, ramping=previous is None or previous.ramping,
+                 moved=moved, pulses=n if constant else 0, variance=variance)
+
+
+def _run(xbar: Crossbar, res: TuneResult, p: TuneParams, failures: int, voltages: list[float],
+         **reads) -> tuple[list[list[float]] | None, int]:
+    """One pulse-and-read sequence: (its groups of reads, 0), or (None, failures so far) after
+    an instrument failure."""
+    try:
+        return xbar.pulse_and_read(res.row, res.col, voltages, p.width, p.scheme, **reads), 0
+    except LimitError:
+        raise
+    except DriverError as exc:
+        what = f"pulses at {voltages[-1]:+.2f} V" if voltages else "reads"
+        return None, _failed(res, failures, p, f"{what}: {exc}")
+
+
+def _read(xbar: Crossbar, res: TuneResult, p: TuneParams, failures: int) -> tuple[float | None, int]:
+    """One read of the device: (its conductance, 0), or (None, failures so far) after a failure."""
+    try:
+        g = xbar.read(res.row, res.col).conductance
+    except LimitError:
+        raise
+    except DriverError as exc:
+        return None, _failed(res, failures, p, f"read: {exc}")
+    res.seen(g)
+    return g, 0
+
+
 def _ramp(v: float, polarity: int, stop: float, p: TuneParams, n: int) -> list[float]:
     """Up to n amplitudes of the ramp from v, none past the cap."""
     out = []
@@ -194,26 +354,6 @@ def _ramp(v: float, polarity: int, stop: float, p: TuneParams, n: int) -> list[f
         out.append(v)
         v = round(v + polarity * p.step, 9)
     return out
-
-
-def _batch_size(batch: int, moved: float | None, distance: float, previous: int, speedup: float) -> int:
-    """Pulses that should not carry the device past its target: a few to start a ramp,
-    twice as many each time while the device does not move, and no more than would cover
-    half the distance left if each pulse moved it `speedup` times as far as the one before,
-    starting from the latest pulses' rate."""
-    if batch == 1:
-        return 1
-    if moved is None:
-        return min(batch, 4)
-    grown = min(batch, 2 * previous)
-    if moved <= 0:
-        return grown
-    budget = 0.5 * distance / moved   # in units of the latest per-pulse change
-    if speedup == 1:
-        k = budget
-    else:   # sum of speedup**i for i = 1..k <= budget
-        k = math.log(1 + budget * (speedup - 1) / speedup, speedup)
-    return max(1, min(grown, int(k)))
 
 
 def _failed(res: TuneResult, failures: int, p: TuneParams, text: str) -> int:

@@ -104,6 +104,16 @@ def test_tune_reaches_the_target(backend):
     assert truth()[2, 5] == pytest.approx(300e-6, rel=0.012)
 
 
+def test_reads_after_the_last_pulse_come_back_as_their_own_group(backend):
+    xbar, truth = backend
+    groups = xbar.pulse_and_read(2, 5, [0.9, 0.9, 0.9], 1e-3, "v3", then_reads=4)
+    assert [len(g) for g in groups] == [1, 1, 1, 4]
+    g = truth()[2, 5]
+    assert np.mean(groups[-1]) == pytest.approx(g, rel=0.02, abs=2e-6)
+    with pytest.raises(ValueError, match="no reads after"):
+        xbar.pulse_and_read(2, 5, [0.9], 1e-3, "v3", then_reads=2, stop_above=1.0)
+
+
 def test_read_all_and_recorders(backend):
     xbar, truth = backend
     seen = []

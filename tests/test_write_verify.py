@@ -32,7 +32,7 @@ class ToyCrossbar(Crossbar):
         self._reads_since = 0
 
     def _rng(self, *key) -> random.Random:
-        return random.Random(hash((self.seed, *key)))
+        return random.Random(repr((self.seed, *key)))   # a str seed: the same in every process
 
     def _read(self, row, col, voltage):
         noise = self._rng("read", len(self.applied), self._reads_since).gauss(0, self.read_noise)
@@ -79,7 +79,8 @@ def test_a_sequence_that_ends_early_takes_the_decisions_of_one_pulse_at_a_time(d
     a, b = tune(one, 0, 0, target, PARAMS), tune(batched, 0, 0, target, PARAMS)
     assert batched.applied == one.applied
     assert (b.tuned, b.pulses, b.reason, b.conductance) == (a.tuned, a.pulses, a.reason, a.conductance)
-    if a.pulses > 8:   # the point of it: many pulses per round trip
+    if a.pulses > 8 and dev["read_noise"] <= 0.002:   # the point of it: many pulses per round trip
+        # (with read noise near the tolerance, accepting reads break and cost sequences of reads)
         assert batched.sequences < a.pulses / 2
 
 
@@ -89,9 +90,38 @@ def test_a_planned_sequence_stays_within_the_caps(dev, target):
     xbar = ToyCrossbar(**dev, max_batch=32, stops_early=False)
     result = tune(xbar, 0, 0, target, PARAMS)
     assert result.pulses == len(xbar.applied) <= PARAMS.max_pulses
-    assert all(PARAMS.reset_stop - 1e-9 <= v <= PARAMS.set_stop + 1e-9 for v in xbar.applied)
+    # never past a cap, and never weaker than the start amplitude (a pulse that does not
+    # switch a device drifts it)
+    assert all(PARAMS.set_start - 1e-9 <= v <= PARAMS.set_stop + 1e-9 or
+               PARAMS.reset_stop - 1e-9 <= v <= PARAMS.reset_start + 1e-9 for v in xbar.applied)
     if result.tuned:
         assert abs(result.conductance / target - 1) <= PARAMS.tolerance
+
+
+def test_planned_sequences_tune_as_well_as_one_pulse_at_a_time_with_many_pairs_each():
+    rng = random.Random(3)
+    one_tuned = planned_tuned = pulses = sequences = 0
+    for k in range(30):
+        dev = {"seed": k, "g0": rng.uniform(5e-5, 5.5e-4), "threshold": rng.uniform(0.9, 1.3),
+               "read_noise": rng.uniform(0.0, 0.002)}
+        target = rng.uniform(6e-5, 5e-4)
+        one_tuned += tune(ToyCrossbar(**dev, max_batch=1, stops_early=False), 0, 0, target, PARAMS).tuned
+        xbar = ToyCrossbar(**dev, max_batch=32, stops_early=False)
+        result = tune(xbar, 0, 0, target, PARAMS)
+        planned_tuned += result.tuned
+        pulses, sequences = pulses + result.pulses, sequences + xbar.sequences
+    assert planned_tuned >= one_tuned - 1
+    assert pulses / sequences >= 8, f"{pulses / sequences:.1f} pulse-and-read pairs per sequence"
+
+
+def test_a_planned_sequence_carries_the_reads_that_accept_the_device():
+    xbar = ToyCrossbar(1, 1e-4, 1.0, 0.001, max_batch=32, stops_early=False)
+    calls = []
+    inner = xbar.pulse_and_read
+    xbar.pulse_and_read = lambda *a, **k: calls.append(k.get("then_reads", 0)) or inner(*a, **k)
+    result = tune(xbar, 0, 0, 2e-4, PARAMS)
+    assert result.tuned
+    assert calls and all(n == PARAMS.reads_to_accept for n in calls)   # no sequence of reads alone
 
 
 def test_a_crossbar_that_cannot_stop_early_refuses_a_stop():
@@ -103,3 +133,12 @@ def test_a_crossbar_that_cannot_stop_early_refuses_a_stop():
     else:
         raise AssertionError("a stop was accepted by a crossbar that cannot stop")
     assert xbar.applied == []
+
+
+def test_a_device_that_never_moves_ends_at_the_cap_even_off_the_amplitude_grid():
+    params = PARAMS.model_copy(update={"set_start": 0.75, "step": 0.1})   # 0.75 .. 1.45, then past 1.5
+    xbar = ToyCrossbar(0, 1e-4, 5.0, 0.0, max_batch=32, stops_early=False)
+    result = tune(xbar, 0, 0, 3e-4, params)
+    assert not result.tuned and result.stuck
+    assert "SET amplitude would exceed +1.50 V" in result.reason
+    assert max(xbar.applied) == 1.45 and result.pulses == len(xbar.applied) < params.max_pulses
