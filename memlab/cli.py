@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_and_json(train)
     train.set_defaults(func=cmd_train)
 
+    run = sub.add_parser("run", help="run a characterization protocol (a YAML file or a shipped name)")
+    run.add_argument("protocol", nargs="?", help="protocol file, or the name of a shipped one (see --list)")
+    run.add_argument("--list", action="store_true", help="list the shipped protocols")
+    run.add_argument("--bench", default=DEMO_BENCH, help=f"bench file or shipped bench (default {DEMO_BENCH})")
+    run.add_argument("--simulate", action="store_true", help="run on the bench's emulated instruments")
+    _store_and_json(run)
+    run.set_defaults(func=cmd_run)
+
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", type=Path, default=None)
     runs.set_defaults(func=cmd_runs)
@@ -286,6 +294,17 @@ def _store(args) -> RunStore:
     return store
 
 
+def _on_bench(config: BenchConfig, simulate: bool, job):
+    """job(bench config, bench clock or None) on the bench, or on its emulation (stopped after)."""
+    if not simulate:
+        return job(config, None)
+    emulation, live = emulate(config)
+    try:
+        return job(live, lambda: emulation.clock)
+    finally:
+        emulation.stop()
+
+
 def cmd_tune(args) -> int:
     from .preflight import check_tuning
     from .tuning import run_tuning
@@ -295,17 +314,35 @@ def cmd_tune(args) -> int:
     targets, source, unit = _targets(args, config)
     params = _params(args, config)
     check_tuning(config, targets, params.tune, source=source, unit=unit)   # before anything starts
-    emulation = None
-    if args.simulate:
-        emulation, config = emulate(config)
-    try:
-        summary = run_tuning(config, targets, params, _store(args),
-                             bench_clock=(lambda: emulation.clock) if emulation else None,
-                             source=source, unit=unit)
-    finally:
-        if emulation:
-            emulation.stop()
+    summary = _on_bench(config, args.simulate, lambda live, clock: run_tuning(
+        live, targets, params, _store(args), bench_clock=clock, source=source, unit=unit))
     print_summary(summary)
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from protocols.registry import load_protocol, shipped
+
+    from .preflight import PlanError, check_protocol
+    from .protocol_run import run_protocol
+
+    if args.list:
+        for name, line in shipped().items():
+            print(f"{name:16s} {line}")
+        return 0
+    if not args.protocol:
+        raise ValueError("run: give a protocol file or a shipped protocol's name (memlab run --list)")
+    protocol = load_protocol(args.protocol)   # all of it checked before anything starts
+    config = load_bench(args.bench)
+    _check_json_path(args.json)
+    try:
+        check_protocol(config, protocol)
+    except PlanError as exc:
+        raise PlanError(f"{args.protocol}: {exc}") from None
+    summary = _on_bench(config, args.simulate, lambda live, clock: run_protocol(
+        live, protocol, _store(args), checked=True, bench_clock=clock))
+    print_run_summary(summary)
     _write_json(args.json, summary)
     return 0
 
@@ -342,6 +379,21 @@ def cmd_demo(args) -> int:
     print_summary(summary)
     _write_json(args.json, summary)
     return 0
+
+
+def print_run_summary(s: dict) -> None:
+    """One line per figure; lists of devices as their count (the JSON has them all)."""
+    print()
+    for key, value in s.items():
+        if key == "plots":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = f"{len(value)}"
+        print(f"  {key.replace('_', ' '):32s} {value}")
+    for plot in s["plots"]:
+        print(f"  {'plot':32s} {plot}")
 
 
 def _truth(bench, targets: np.ndarray, tolerance: float) -> dict:

@@ -39,3 +39,32 @@ def plot_tuning(result: ArrayTuneResult, tolerance: float, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_protocol(protocol, outcome, folder: Path) -> list[Path]:
+    """The figures of a protocol run, written into its run folder."""
+    a = outcome.arrays
+    if protocol.protocol == "read-map":
+        return [plot_read_map(a["conductance"], a["read_spread"], folder / "read_map.png")]
+    if protocol.protocol == "tune":
+        result = ArrayTuneResult(targets=a["targets"], final=a["final"], pulses=a["pulses"])
+        return [plot_tuning(result, outcome.summary["tolerance"], folder / "tuning.png")]
+    return []
+
+
+def plot_read_map(g: np.ndarray, spread: np.ndarray, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    im = axes[0].imshow(g * 1e6, cmap="viridis")
+    axes[0].set_title("conductance (uS)")
+    axes[0].set_xlabel("column")
+    axes[0].set_ylabel("row")
+    fig.colorbar(im, ax=axes[0], fraction=0.046)
+    rel = (spread / g * 100)[np.isfinite(spread)]
+    if rel.size:
+        axes[1].hist(rel, bins=20, color="0.4")
+    axes[1].set_title("read-to-read spread (% of G)")
+    axes[1].set_xlabel("sd / mean (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -11,12 +11,20 @@ from drivers.errors import LimitError
 from drivers.crossbar import fast_levels
 from drivers.interfaces import PulseStep, Scheme
 from drivers.write_verify import TuneParams
+from protocols.base import PlanError  # noqa: F401  (the preflight's refusal)
 
 from .config import BenchConfig, driver_class
 
 
-class PlanError(ValueError):
-    """A plan that cannot run on this bench, with the field, file or cell named."""
+
+
+def check_protocol(config: BenchConfig, protocol) -> None:
+    """The protocol's own checks, then every pulse its tuning can reach."""
+    protocol.check(config)
+    plan = protocol.tuning_plan(config)
+    if plan is not None:
+        targets, params, source, unit = plan
+        check_tuning(config, targets, params, source=source, unit=unit)
 
 
 def check_tuning(config: BenchConfig, targets: np.ndarray, params: TuneParams, *,

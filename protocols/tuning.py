@@ -9,14 +9,20 @@ caps exist to prevent.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from drivers.interfaces import Crossbar
 from drivers.write_verify import TuneParams, TuneResult
+
+from .base import Outcome, PlanError, Protocol
 
 
 class TuneArrayParams(BaseModel):
@@ -104,3 +110,156 @@ def checkerboard(rows: int, cols: int, low: float, high: float) -> np.ndarray:
     """Two-level checkerboard target map (S)."""
     board = (np.add.outer(np.arange(rows), np.arange(cols)) % 2).astype(float)
     return np.where(board == 0, low, high)
+
+
+class TargetMap(BaseModel):
+    """Exactly one of: a two-level checkerboard, one level for every device, or a map file
+    (.csv in uS, .npy in S; an empty cell or NaN leaves a device alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkerboard_uS: tuple[float, float] | None = None
+    uniform_uS: float | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "TargetMap":
+        given = [k for k in ("checkerboard_uS", "uniform_uS", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of checkerboard_uS, uniform_uS, file"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def resolve(self, rows: int, cols: int) -> tuple[np.ndarray, str, str]:
+        """(map in S, where it came from, the unit it was written in)."""
+        if self.checkerboard_uS is not None:
+            low, high = self.checkerboard_uS
+            return checkerboard(rows, cols, low * 1e-6, high * 1e-6), "targets.checkerboard_uS", "uS"
+        if self.uniform_uS is not None:
+            return np.full((rows, cols), self.uniform_uS * 1e-6), "targets.uniform_uS", "uS"
+        targets, unit = load_targets(self.file)
+        return targets, f"targets.file {self.file}", unit
+
+
+class TuneProtocol(Protocol):
+    """Write-verify tuning of the targeted devices, every parameter exposed: `tune` fields
+    override the bench file's tuning section, which overrides the defaults."""
+
+    protocol: Literal["tune"] = "tune"
+    targets: TargetMap
+    tolerance: float = Field(0.01, gt=0, lt=1, description="acceptance tolerance of the final read-back")
+    tune: TuneParams = Field(default_factory=TuneParams, description="write-verify parameters "
+                             "(tune.tolerance: 0.6 x tolerance unless given)")
+    touch_up_passes: int = Field(3, ge=0)
+    verify_reads: int = Field(3, ge=1)
+    _plan: tuple | None = PrivateAttr(None)   # (TuneArrayParams, targets), set by check
+
+    def relative_to(self, folder) -> "TuneProtocol":
+        if self.targets.file is None or Path(self.targets.file).is_absolute():
+            return self
+        return self.model_copy(update={"targets": self.targets.model_copy(
+            update={"file": str(Path(folder) / self.targets.file)})})
+
+    def array_params(self, config) -> TuneArrayParams:
+        tune = config.tune_params(**self.tune.model_dump(exclude_unset=True)) if config.tuning else self.tune
+        if "tolerance" not in self.tune.model_fields_set:
+            tune = tune.model_copy(update={"tolerance": 0.6 * self.tolerance})
+        return TuneArrayParams(tolerance=self.tolerance, tune=tune, touch_up_passes=self.touch_up_passes,
+                               verify_reads=self.verify_reads)
+
+    def check(self, config) -> None:
+        self.tuning_plan(config)
+
+    def tuning_plan(self, config):
+        try:
+            params = self.array_params(config)
+        except ValueError as exc:   # pydantic's ValidationError is one
+            raise PlanError(f"tune: {' '.join(str(exc).split())}") from None
+        targets, source, unit = self.targets.resolve(config.rows, config.cols)
+        self._plan = (params, targets)
+        return targets, params.tune, source, unit
+
+    def steps(self, config) -> int:
+        return int(np.isfinite(self.targets.resolve(config.rows, config.cols)[0]).sum())
+
+    def run(self, xbar: Crossbar, step) -> Outcome:
+        params, targets = self._plan
+        result = tune_array(xbar, targets, params, progress=lambda label, k, n, r: step(
+            f"{label} ({r.row},{r.col}) {r.conductance * 1e6:.1f} uS {'ok' if r.tuned else 'FAILED'}",
+            total=n if label != "tune" else None, restart=label != "tune" and k == 1))
+        return Outcome(summarize(result, params.tolerance),
+                       {"targets": result.targets, "final": result.final, "pulses": result.pulses})
+
+
+def load_targets(path: str | Path) -> tuple[np.ndarray, str]:
+    """A target map and the unit it was written in: .npy in siemens ('S'), or .csv in
+    microsiemens ('uS'; an empty cell or nan leaves a device alone). Returns siemens."""
+    path = Path(path)
+    if path.suffix not in (".npy", ".csv"):
+        raise PlanError(f"{path}: target maps are .npy (siemens) or .csv (microsiemens)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read the target map ({exc.strerror})") from None
+    if path.suffix == ".npy":
+        try:
+            targets = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise PlanError(f"{path}: not a .npy array file ({' '.join(str(exc).split())})") from None
+        if targets.dtype.kind not in "iuf":
+            raise PlanError(f"{path}: holds {targets.dtype} values, not conductances")
+        if targets.ndim != 2:
+            raise PlanError(f"{path}: a target map is 2-D (rows x columns), this one has shape {targets.shape}")
+        return targets.astype(float), "S"
+    try:
+        lines = list(csv.reader(data.decode("utf-8-sig").splitlines()))
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{path}: not a text file (byte {exc.start})") from None
+    rows, width = [], None
+    for n, cells in enumerate(lines, start=1):
+        if len(cells) <= 1 and not "".join(cells).strip():
+            continue   # a blank line (a line of empty cells is a row left alone)
+        if width is not None and len(cells) != width:
+            raise PlanError(f"{path}: line {n} has {len(cells)} cells, the lines before it {width}")
+        width = len(cells)
+        row = []
+        for k, cell in enumerate(cells, start=1):
+            try:
+                row.append(float(cell) if cell.strip() else np.nan)
+            except ValueError:
+                raise PlanError(f"{path}: line {n}, column {k}: {cell.strip()!r} is not a number") from None
+        rows.append(row)
+    if not rows:
+        raise PlanError(f"{path}: no target values")
+    return np.array(rows) * 1e-6, "uS"
+
+
+def summarize(result: ArrayTuneResult, tolerance: float) -> dict:
+    targeted = np.isfinite(result.targets)
+    ok = result.in_tolerance(tolerance) & targeted
+    stuck = {(r.row, r.col) for r in result.stuck}
+    non_stuck = targeted.copy()
+    for r, c in stuck:
+        non_stuck[r, c] = False
+    n_non_stuck = int(non_stuck.sum())
+    return {
+        "devices": int(targeted.sum()),
+        "devices_in_tolerance": int(ok.sum()),
+        "tolerance": tolerance,
+        "non_stuck_devices": n_non_stuck,
+        "fraction_in_tolerance_non_stuck": float((ok & non_stuck).sum() / n_non_stuck) if n_non_stuck else 0.0,
+        "stuck_devices": [_device(r) for r in result.stuck],
+        "failed_devices": [_device(r) for r in result.failed],
+        "out_of_tolerance_devices": [
+            {"row": int(r), "col": int(c), "target_uS": round(float(result.targets[r, c]) * 1e6, 2),
+             "final_uS": round(float(result.final[r, c]) * 1e6, 2)}
+            for r, c in zip(*np.nonzero(targeted & ~ok))],
+        "pulses_per_device": round(float(result.pulses[targeted].mean()), 2),
+        "pulses_per_device_max": int(result.pulses[targeted].max()),
+        "passes": result.passes,
+    }
+
+
+def _device(r: TuneResult) -> dict:
+    return {"row": r.row, "col": r.col, "conductance_uS": round(r.conductance * 1e6, 2),
+            "reason": r.reason}
