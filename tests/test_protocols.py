@@ -71,6 +71,7 @@ def test_tune_from_a_file_reaches_its_targets_and_plots(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_shipped_tune_example_runs(tmp_path):
     out = memlab("run", "tune", "--bench", BENCH, "--simulate", "--store", "store", "--json", "s.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
