@@ -3,36 +3,23 @@ operation in the run store as it happens, and summarize what came out."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from drivers.write_verify import TuneResult
-from protocols.tuning import TuneArrayParams, load_targets, summarize, tune_array  # noqa: F401 (re-exported)
+from protocols.tuning import TuneArrayParams, load_targets, reporting, summarize, tune_array  # noqa: F401
 
 from .bench import open_crossbar
 from .benchlock import note_run
 from .config import BenchConfig
-from .preflight import PlanError, check_tuning
+from .preflight import check_tuning
+from .progress import StepProgress
 from .store import RunStore
 
 
-def print_progress(label: str, k: int, n: int, result: TuneResult) -> None:
-    """One updating line on a terminal; every eighth device (and any failure) otherwise."""
-    state = "ok" if result.tuned else ("STUCK" if result.stuck else "FAILED")
-    line = (f"{label}: {k}/{n} devices, ({result.row},{result.col}) {result.conductance * 1e6:7.1f} uS "
-            f"{state:6s} {result.pulses:3d} pulses")
-    if sys.stderr.isatty():
-        print("\r" + line, end="" if k < n else "\n", file=sys.stderr, flush=True)
-    elif k % 8 == 0 or k == n or not result.tuned:
-        print(line, file=sys.stderr, flush=True)
-
-
 def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams, store: RunStore,
-               *, kind: str = "tune", progress: Callable | None = print_progress,
+               *, kind: str = "tune", progress: bool = True,
                bench_clock: Callable[[], float] | None = None, source: str = "targets",
                unit: str = "S") -> dict:
     """Check the plan, tune, record, plot; returns the summary (also stored with the run).
@@ -53,7 +40,11 @@ def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams
             run.record("connect", **{i.name: i.identity for i in xbar.instruments})
             xbar.journal = run.journal(bench_clock)
             trips, relays, clock0 = xbar.round_trips, xbar.relay_ops, bench_clock() if bench_clock else None
-            result = tune_array(xbar, targets, params, progress=progress)
+            if progress:
+                with StepProgress(kind, int(np.isfinite(targets).sum())) as step:
+                    result = tune_array(xbar, targets, params, progress=reporting(step))
+            else:
+                result = tune_array(xbar, targets, params)
             n = max(1, int(np.isfinite(targets).sum()))
             run.save_array("final", result.final)
             run.save_array("pulses", result.pulses)

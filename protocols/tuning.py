@@ -106,6 +106,16 @@ def tune_array(xbar: Crossbar, targets: np.ndarray, params: TuneArrayParams | No
     return out
 
 
+def reporting(step) -> Progress:
+    """tune_array's progress as steps of a progress display: a touch-up pass starts the count
+    again over the devices it re-tunes."""
+    def report(label: str, k: int, n: int, r: TuneResult) -> None:
+        state = "ok" if r.tuned else ("STUCK" if r.stuck else "FAILED")
+        step(f"{label} ({r.row},{r.col}) {r.conductance * 1e6:.1f} uS {state} {r.pulses} pulses",
+             total=n, restart=k == 1 and label != "tune")
+    return report
+
+
 def checkerboard(rows: int, cols: int, low: float, high: float) -> np.ndarray:
     """Two-level checkerboard target map (S)."""
     board = (np.add.outer(np.arange(rows), np.arange(cols)) % 2).astype(float)
@@ -184,9 +194,7 @@ class TuneProtocol(Protocol):
 
     def run(self, xbar: Crossbar, step) -> Outcome:
         params, targets = self._plan
-        result = tune_array(xbar, targets, params, progress=lambda label, k, n, r: step(
-            f"{label} ({r.row},{r.col}) {r.conductance * 1e6:.1f} uS {'ok' if r.tuned else 'FAILED'}",
-            total=n if label != "tune" else None, restart=label != "tune" and k == 1))
+        result = tune_array(xbar, targets, params, progress=reporting(step))
         return Outcome(summarize(result, params.tolerance),
                        {"targets": result.targets, "final": result.final, "pulses": result.pulses})
 

@@ -3,6 +3,7 @@ record, the plots they write, and the one-line refusals of bad files (no run lef
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -125,3 +126,30 @@ def test_the_examples_folder_holds_only_valid_protocols():
 
     for path in EXAMPLES.glob("*.yaml"):
         assert load_protocol(str(path)).protocol in PROTOCOLS
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_is_a_line_per_step_off_a_terminal_and_a_bar_with_an_eta_on_one():
+    from memlab.progress import StepProgress
+
+    plain = _Stream(tty=False)
+    with StepProgress("survey", 3, stream=plain) as step:
+        for k in range(3):
+            step(f"device {k}")
+    lines = plain.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["survey: 1/3 device 0", "survey: 2/3 device 1",
+                                                        "survey: 3/3 device 2"]
+    bar = _Stream(tty=True)
+    with StepProgress("survey", 2, stream=bar) as step:
+        step("first")
+        step("again", total=4, restart=True)
+    text = bar.getvalue()
+    assert "ETA" in text and "1/4" in text and "again" in text
