@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", type=Path, default=None)
+    runs.add_argument("--kind", help="only runs of this kind (tune, demo, read-map, ...)")
+    runs.add_argument("--status", choices=["running", "completed", "failed", "interrupted", "crashed"],
+                      help="only runs with this status")
     runs.set_defaults(func=cmd_runs)
     return p
 
@@ -469,13 +472,29 @@ def cmd_train(args) -> int:
 
 def cmd_runs(args) -> int:
     store = _store(args)
-    print(f"{'run':40s} {'kind':20s} {'status':12s} {'started (UTC)':19s} {'duration':>9s} {'operations':>10s}")
-    for run in store.runs():
+    runs = [r for r in store.runs() if (args.kind is None or r["kind"] == args.kind)
+            and (args.status is None or r["status"] == args.status)]
+    print(f"{'run':40s} {'kind':14s} {'status':11s} {'started (UTC)':19s} {'duration':>9s} {'operations':>10s}  "
+          f"{'bench':22s} result")
+    for run in runs:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["started"]))
         duration = f"{run['finished'] - run['started']:8.1f}s" if run["finished"] else ""
-        print(f"{run['id']:40s} {run['kind']:20s} {run['status']:12s} {started:19s} {duration:>9s} "
-              f"{run['n_operations']:10d}")
+        print(f"{run['id']:40s} {run['kind']:14s} {run['status']:11s} {started:19s} {duration:>9s} "
+              f"{run['n_operations']:10d}  {run['bench'] or '-':22s} {result_line(run['summary'])}")
     return 0
+
+
+def result_line(summary: dict | None) -> str:
+    """What a run came to, in a few words."""
+    if not summary:
+        return ""
+    if "devices_in_tolerance" in summary:
+        return f"{summary['devices_in_tolerance']}/{summary['devices']} in {summary['tolerance'] * 100:g} %"
+    if "conductance_uS" in summary:
+        g = summary["conductance_uS"]
+        return f"{summary['devices']} devices, {g['min']:g}-{g['max']:g} uS (mean {g['mean']:g})"
+    scalars = [f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(scalars[:3])
 
 
 if __name__ == "__main__":

@@ -309,16 +309,19 @@ class RunStore:
 
     def runs(self) -> list[dict]:
         """All runs, oldest first: id, kind, status ('crashed' for a run left running by a
-        process that is gone), started, finished, pid, n_operations."""
+        process that is gone), started, finished, pid, n_operations, bench (its name, if
+        any) and summary (None until the run has one)."""
         rows = self._execute(
             "SELECT r.id, r.kind, r.status, r.started, r.finished, r.pid,"
-            " (SELECT COUNT(*) FROM operations o WHERE o.run_id = r.id), r.host, r.process_start"
+            " (SELECT COUNT(*) FROM operations o WHERE o.run_id = r.id), r.host, r.process_start,"
+            " json_extract(r.bench, '$.name'), r.summary"
             " FROM runs r ORDER BY r.started, r.id")
         keys = ("id", "kind", "status", "started", "finished", "pid", "n_operations")
         out = []
         for r in rows:
             run = dict(zip(keys, r))
             run["status"] = _reported_status(run["status"], r[7], run["pid"], r[8])
+            run["bench"], run["summary"] = r[9], _from_json(r[10])
             out.append(run)
         return out
 

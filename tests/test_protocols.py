@@ -51,6 +51,12 @@ def test_read_map_from_its_example_records_every_read_and_plots(tmp_path):
     g = run.load_array("conductance")
     assert g.shape == (8, 8) and np.isfinite(g).all()
     assert summary["conductance_uS"]["min"] == pytest.approx(float(g.min()) * 1e6, abs=1e-3)
+    listing = memlab("runs", "--store", "store", "--kind", "read-map", cwd=tmp_path).stdout.splitlines()
+    assert len(listing) == 2 and "bench" in listing[0] and "result" in listing[0]
+    row = listing[1]
+    assert summary["run_id"] in row and "completed" in row and BENCH in row and "64 devices" in row
+    assert len(memlab("runs", "--store", "store", "--kind", "tune", cwd=tmp_path).stdout.splitlines()) == 1
+    assert len(memlab("runs", "--store", "store", "--status", "failed", cwd=tmp_path).stdout.splitlines()) == 1
 
 
 def test_tune_from_a_file_reaches_its_targets_and_plots(tmp_path):

@@ -130,7 +130,8 @@ def test_sequence_numbers_per_run_and_after_reopen(tmp_path):
         listing = {r["id"]: r for r in s.runs()}
         assert listing[a_id]["n_operations"] == 5
         assert set(listing[a_id]) == {"id", "kind", "status", "started", "finished", "pid",
-                                      "n_operations"}
+                                      "n_operations", "bench", "summary"}
+        assert listing[a_id]["bench"] is None and listing[a_id]["summary"] is None
         with pytest.raises(KeyError):
             s.get_run("20000101-000000-none-0000")
 
