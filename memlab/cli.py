@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--kind", help="only runs of this kind (tune, demo, read-map, ...)")
     runs.add_argument("--status", choices=["running", "completed", "failed", "interrupted", "crashed"],
                       help="only runs with this status")
+    show = runs.add_subparsers(metavar="RUNSCOMMAND").add_parser(
+        "show", help="a run's parameters, bench, software, summary and operation counts")
+    show.add_argument("run", help="run id")
+    show.add_argument("--store", type=Path, default=None, dest="show_store")
+    show.set_defaults(func=cmd_runs_show)
     runs.set_defaults(func=cmd_runs)
     return p
 
@@ -481,6 +486,38 @@ def cmd_runs(args) -> int:
         duration = f"{run['finished'] - run['started']:8.1f}s" if run["finished"] else ""
         print(f"{run['id']:40s} {run['kind']:14s} {run['status']:11s} {started:19s} {duration:>9s} "
               f"{run['n_operations']:10d}  {run['bench'] or '-':22s} {result_line(run['summary'])}")
+    return 0
+
+
+def cmd_runs_show(args) -> int:
+    import yaml
+
+    store = RunStore(args.show_store or args.store or default_store())
+    try:
+        run = store.get_run(args.run)
+        info = run.info()
+    except KeyError:
+        raise ValueError(f"runs show: no run {args.run!r} in {store.root} (memlab runs lists them)") from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info["started"]))
+    duration = f", {info['finished'] - info['started']:.1f} s" if info["finished"] else ""
+    bench = info["bench"] or {}
+    print(f"run        {info['id']}\nkind       {info['kind']}\nstatus     {info['status']} "
+          f"(started {started} UTC{duration}){': ' + info['error'] if info['error'] else ''}")
+    print(f"host       {info['host']} (pid {info['pid']})")
+    software = info["software"] or {}
+    print("software   " + (", ".join(f"{k} {v}" for k, v in software.items()) or "(not recorded)"))
+    print(f"bench      {bench.get('name', '-')}")
+    for name, identity in (bench.get("identities") or {}).items():
+        print(f"  {name:10s} {identity}")
+    print("parameters")
+    for line in yaml.safe_dump(info["params"] or {}, sort_keys=False).splitlines():
+        print(f"  {line}")
+    counts: dict[str, int] = {}
+    for op in run.operations():
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+    print("operations " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
+    print("arrays     " + (", ".join(a["name"] for a in run.arrays()) or "none"))
+    print("summary    " + result_line(info["summary"]))
     return 0
 
 

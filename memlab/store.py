@@ -19,6 +19,7 @@ by :meth:`RunStore.runs` and :meth:`Run.info`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import csv
 import hashlib
 import io
@@ -29,6 +30,7 @@ import os
 import re
 import secrets
 import socket
+import subprocess
 import sqlite3
 import threading
 import time
@@ -43,7 +45,7 @@ __all__ = ["RunStore", "Run", "ChecksumError", "STATUSES", "OPERATION_COLUMNS"]
 log = logging.getLogger(__name__)
 
 DB_NAME = "memlab.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 STATUSES = ("running", "completed", "failed", "interrupted")
 FINAL_STATUSES = STATUSES[1:]
@@ -67,7 +69,8 @@ _SCHEMA = (
         error TEXT,
         host TEXT,
         pid INTEGER,
-        process_start TEXT)""",
+        process_start TEXT,
+        software TEXT)""",
     """CREATE TABLE IF NOT EXISTS operations (
         run_id TEXT NOT NULL REFERENCES runs(id),
         seq INTEGER NOT NULL,
@@ -205,6 +208,29 @@ def _reported_status(status: str, host: str | None, pid: int | None, started: st
     return status if process_alive(pid, started) else CRASHED
 
 
+@functools.lru_cache(maxsize=1)
+def software() -> dict:
+    """What made a run: memlab's version (and git commit, if run from a checkout), Python,
+    numpy and torch."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for package in ("memlab", "numpy", "torch"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode == 0:
+            out["git"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
 def _check_name(what: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"{what} {name!r} is invalid: use letters, digits, '_', '-', '.'")
@@ -253,6 +279,8 @@ class RunStore:
             if version == 1:   # version 1 did not know which process owned a run
                 for column in ("host TEXT", "pid INTEGER", "process_start TEXT"):
                     c.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            if version in (1, 2):   # nor which software made it
+                c.execute("ALTER TABLE runs ADD COLUMN software TEXT")
             if version < SCHEMA_VERSION:
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
@@ -289,10 +317,10 @@ class RunStore:
             run_id = f"{stamp}-{kind}-{secrets.token_hex(2)}"
             try:
                 self._execute(
-                    "INSERT INTO runs (id, kind, status, started, params, bench, host, pid, process_start)"
-                    " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO runs (id, kind, status, started, params, bench, host, pid, process_start,"
+                    " software) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, kind, now, params_json, bench_json, socket.gethostname(), os.getpid(),
-                     process_start(os.getpid())))
+                     process_start(os.getpid()), to_json(software())))
             except sqlite3.IntegrityError:
                 continue  # id collision (same second, same kind, same 16 random bits)
             run = Run(self, run_id)
@@ -459,13 +487,13 @@ class Run:
         """The run's row: id, kind, status, started, finished, params, bench, summary, error."""
         rows = self.store._execute(
             "SELECT id, kind, status, started, finished, params, bench, summary, error, host, pid,"
-            " process_start FROM runs WHERE id = ?", (self.id,))
+            " software, process_start FROM runs WHERE id = ?", (self.id,))
         if not rows:
             raise KeyError(f"no run {self.id!r}")
         d = dict(zip(("id", "kind", "status", "started", "finished", "params", "bench",
-                      "summary", "error", "host", "pid"), rows[0]))
-        d["status"] = _reported_status(d["status"], d["host"], d["pid"], rows[0][11])
-        for k in ("params", "bench", "summary"):
+                      "summary", "error", "host", "pid", "software"), rows[0]))
+        d["status"] = _reported_status(d["status"], d["host"], d["pid"], rows[0][12])
+        for k in ("params", "bench", "summary", "software"):
             d[k] = _from_json(d[k])
         return d
 

@@ -57,6 +57,12 @@ def test_read_map_from_its_example_records_every_read_and_plots(tmp_path):
     assert summary["run_id"] in row and "completed" in row and BENCH in row and "64 devices" in row
     assert len(memlab("runs", "--store", "store", "--kind", "tune", cwd=tmp_path).stdout.splitlines()) == 1
     assert len(memlab("runs", "--store", "store", "--status", "failed", cwd=tmp_path).stdout.splitlines()) == 1
+    shown = memlab("runs", "--store", "store", "show", summary["run_id"], cwd=tmp_path).stdout
+    assert "status     completed" in shown and "reads: 3" in shown and "operations " in shown
+    assert "Agilent Technologies,B1500A" in shown and "software   python" in shown and "memlab " in shown
+    assert "arrays     conductance, read_spread" in shown
+    missing = memlab("runs", "--store", "store", "show", "nope", cwd=tmp_path)
+    assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
 
 
 def test_tune_from_a_file_reaches_its_targets_and_plots(tmp_path):

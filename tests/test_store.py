@@ -388,3 +388,17 @@ def test_sigkill_loses_no_acknowledged_operation(tmp_path, acks_before_kill):
         assert run.record("read") == len(ops) + 1
         run.finish("interrupted", error="killed")
         assert {r["id"]: r["status"] for r in s.runs()}[run_id] == "interrupted"
+
+
+def test_a_store_of_schema_2_gains_the_software_column(tmp_path):
+    with RunStore(tmp_path) as s:
+        old = s.start_run("tune", {}).id
+    db = sqlite3.connect(tmp_path / "memlab.sqlite")
+    db.execute("ALTER TABLE runs DROP COLUMN software")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with RunStore(tmp_path) as s:
+        assert s.get_run(old).info()["software"] is None
+        new = s.start_run("tune", {})
+        assert new.info()["software"]["python"]
