@@ -146,8 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--kind", help="only runs of this kind (tune, demo, read-map, ...)")
     runs.add_argument("--status", choices=["running", "completed", "failed", "interrupted", "crashed"],
                       help="only runs with this status")
-    show = runs.add_subparsers(metavar="RUNSCOMMAND").add_parser(
-        "show", help="a run's parameters, bench, software, summary and operation counts")
+    runs_sub = runs.add_subparsers(metavar="RUNSCOMMAND")
+    export = runs_sub.add_parser("export", help="a run's operations as CSV, or the whole run as HDF5")
+    export.add_argument("run", help="run id")
+    export.add_argument("--format", choices=["csv", "hdf5"], default="hdf5")
+    export.add_argument("--out", type=Path, help="file to write (default: in the run's folder)")
+    export.add_argument("--store", type=Path, default=None, dest="show_store")
+    export.set_defaults(func=cmd_runs_export)
+    show = runs_sub.add_parser("show", help="a run's parameters, bench, software, summary and operation counts")
     show.add_argument("run", help="run id")
     show.add_argument("--store", type=Path, default=None, dest="show_store")
     show.set_defaults(func=cmd_runs_show)
@@ -489,15 +495,30 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def cmd_runs_show(args) -> int:
-    import yaml
-
+def _stored_run(args, command: str):
     store = RunStore(args.show_store or args.store or default_store())
     try:
         run = store.get_run(args.run)
-        info = run.info()
+        return run, run.info()
     except KeyError:
-        raise ValueError(f"runs show: no run {args.run!r} in {store.root} (memlab runs lists them)") from None
+        raise ValueError(f"runs {command}: no run {args.run!r} in {store.root} (memlab runs lists them)") from None
+
+
+def cmd_runs_export(args) -> int:
+    from .export import export_csv, export_hdf5
+
+    run, _ = _stored_run(args, "export")
+    out = args.out or run.path / f"{run.id}.{'h5' if args.format == 'hdf5' else 'csv'}"
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: folder {out.parent} does not exist")
+    print((export_hdf5 if args.format == "hdf5" else export_csv)(run, out))
+    return 0
+
+
+def cmd_runs_show(args) -> int:
+    import yaml
+
+    run, info = _stored_run(args, "show")
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info["started"]))
     duration = f", {info['finished'] - info['started']:.1f} s" if info["finished"] else ""
     bench = info["bench"] or {}

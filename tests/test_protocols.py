@@ -63,6 +63,31 @@ def test_read_map_from_its_example_records_every_read_and_plots(tmp_path):
     assert "arrays     conductance, read_spread" in shown
     missing = memlab("runs", "--store", "store", "show", "nope", cwd=tmp_path)
     assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
+    _exports_round_trip(tmp_path, run)
+
+
+def _exports_round_trip(tmp_path: Path, run) -> None:
+    """HDF5 and CSV exports give back exactly the stored numbers."""
+    import csv
+
+    import h5py
+
+    from memlab.export import read_hdf5_operations
+
+    for fmt in ("hdf5", "csv"):
+        out = memlab("runs", "--store", "store", "export", run.id, "--format", fmt, "--out", f"x.{fmt}", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    stored = run.operations()
+    assert read_hdf5_operations(tmp_path / "x.hdf5", run.id) == stored
+    with h5py.File(tmp_path / "x.hdf5") as f:
+        assert np.array_equal(f[run.id]["arrays"]["conductance"][()], run.load_array("conductance"), equal_nan=True)
+        assert json.loads(f[run.id].attrs["params"])["reads"] == 3
+    with open(tmp_path / "x.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(stored)
+    for row, op in zip(rows, stored):
+        for key in ("seq", "row", "col", "voltage", "current", "conductance", "bench_time", "t_wall"):
+            assert (float(row[key]) if row[key] else None) == (None if op[key] is None else float(op[key]))
 
 
 def test_tune_from_a_file_reaches_its_targets_and_plots(tmp_path):
