@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, help="file to write (default: in the run's folder)")
     export.add_argument("--store", type=Path, default=None, dest="show_store")
     export.set_defaults(func=cmd_runs_export)
+    replot = runs_sub.add_parser("plot", help="draw a run's plots again from its stored arrays")
+    replot.add_argument("run", help="run id")
+    replot.add_argument("--store", type=Path, default=None, dest="show_store")
+    replot.set_defaults(func=cmd_runs_plot)
     show = runs_sub.add_parser("show", help="a run's parameters, bench, software, summary and operation counts")
     show.add_argument("run", help="run id")
     show.add_argument("--store", type=Path, default=None, dest="show_store")
@@ -512,6 +516,22 @@ def cmd_runs_export(args) -> int:
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist")
     print((export_hdf5 if args.format == "hdf5" else export_csv)(run, out))
+    return 0
+
+
+def cmd_runs_plot(args) -> int:
+    from .plots import plot_run
+
+    run, info = _stored_run(args, "plot")
+    arrays = {a["name"]: run.load_array(a["name"]) for a in run.arrays()}
+    try:
+        paths = plot_run(info["kind"], arrays, info["summary"] or {}, run.path)
+    except KeyError as exc:
+        raise ValueError(f"runs plot: run {run.id} lacks {exc} (did it finish?)") from None
+    if not paths:
+        raise ValueError(f"runs plot: no plots for runs of kind {info['kind']!r}")
+    for path in paths:
+        print(path)
     return 0
 
 

@@ -41,14 +41,14 @@ def plot_tuning(result: ArrayTuneResult, tolerance: float, path: Path) -> Path:
     return path
 
 
-def plot_protocol(protocol, outcome, folder: Path) -> list[Path]:
-    """The figures of a protocol run, written into its run folder."""
-    a = outcome.arrays
-    if protocol.protocol == "read-map":
-        return [plot_read_map(a["conductance"], a["read_spread"], folder / "read_map.png")]
-    if protocol.protocol == "tune":
-        result = ArrayTuneResult(targets=a["targets"], final=a["final"], pulses=a["pulses"])
-        return [plot_tuning(result, outcome.summary["tolerance"], folder / "tuning.png")]
+def plot_run(kind: str, arrays: dict, summary: dict, folder: Path) -> list[Path]:
+    """The figures of a run of this kind from its arrays and summary, into `folder` (a
+    protocol run as it ends, or an old run again: `memlab runs plot`)."""
+    if kind == "read-map":
+        return [plot_read_map(arrays["conductance"], arrays["read_spread"], folder / "read_map.png")]
+    if kind in ("tune", "demo"):
+        result = ArrayTuneResult(targets=arrays["targets"], final=arrays["final"], pulses=arrays["pulses"])
+        return [plot_tuning(result, summary["tolerance"], folder / "tuning.png")]
     return []
 
 

@@ -20,7 +20,7 @@ from .store import RunStore
 
 def run_protocol(config: BenchConfig, protocol: Protocol, store: RunStore, *,
                  bench_clock: Callable[[], float] | None = None, checked: bool = False) -> dict:
-    from .plots import plot_protocol
+    from .plots import plot_run
 
     if not checked:
         check_protocol(config, protocol)
@@ -37,7 +37,7 @@ def run_protocol(config: BenchConfig, protocol: Protocol, store: RunStore, *,
                 outcome = protocol.run(xbar, step)
             for name, array in outcome.arrays.items():
                 run.save_array(name, array)
-            plots = [str(p.resolve()) for p in plot_protocol(protocol, outcome, run.path)]
+            plots = [str(p.resolve()) for p in plot_run(protocol.protocol, outcome.arrays, outcome.summary, run.path)]
             summary = {**outcome.summary, "protocol": protocol.protocol, "run_id": run.id,
                        "run_path": str(run.path.resolve()), "status": "completed", "plots": plots,
                        "wall_time_s": round(time.monotonic() - started, 2)}

@@ -64,6 +64,10 @@ def test_read_map_from_its_example_records_every_read_and_plots(tmp_path):
     missing = memlab("runs", "--store", "store", "show", "nope", cwd=tmp_path)
     assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
     _exports_round_trip(tmp_path, run)
+    plot = Path(summary["plots"][0])
+    plot.unlink()
+    again = memlab("runs", "--store", "store", "plot", summary["run_id"], cwd=tmp_path)
+    assert again.returncode == 0 and _png(str(plot)) and str(plot.name) in again.stdout
 
 
 def _exports_round_trip(tmp_path: Path, run) -> None:
