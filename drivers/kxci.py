@@ -397,6 +397,15 @@ class KxciGrammar(Grammar[KxciState]):
     def _sweep_compliance(self, value: float, where: str) -> None:
         self.limits.check_compliance(max(abs(value), MIN_SWEEP_COMPLIANCE), where)
 
+    def _sweep_source(self, s, levels: list[float], compliance: float, where: str, **setup) -> None:
+        """A sweeping source: its extreme levels and its compliance within the limits, then
+        kept in the test set-up (`setup`: the set-up field it fills)."""
+        for v in (min(levels), max(levels)):
+            self.limits.check_line_voltage(v, where)
+        self._sweep_compliance(compliance, where)
+        if s.system is not None:
+            s.system = replace(s.system, **setup)
+
     def _vr(self, s, args, where):
         """VR1,start,stop,step,compliance: every level of the linear voltage sweep within the limits."""
         self._on_page(s, "SS", "VR", where)
@@ -404,11 +413,7 @@ class KxciGrammar(Grammar[KxciState]):
             raise LimitError(f"{where}only a linear voltage sweep VR1,start,stop,step,compliance is covered")
         start, stop, step, compliance = (number(a, where) for a in args[1:])
         levels = _checked(var1_levels, where, start, stop, step) + [stop]   # the stop level too, should it end there
-        for v in (min(levels), max(levels)):
-            self.limits.check_line_voltage(v, where)
-        self._sweep_compliance(compliance, where)
-        if s.system is not None:
-            s.system = replace(s.system, var1=(start, stop, step, compliance))
+        self._sweep_source(s, levels, compliance, where, var1=(start, stop, step, compliance))
 
     def _vp(self, s, args, where):
         """VP start,step,points,compliance[,1]: every VAR2 step within the limits."""
@@ -418,11 +423,7 @@ class KxciGrammar(Grammar[KxciState]):
         start, step, compliance = number(args[0], where), number(args[1], where), number(args[3], where)
         points = integer(args[2], where)
         levels = _checked(var2_levels, where, start, step, points)
-        for v in (min(levels), max(levels)):
-            self.limits.check_line_voltage(v, where)
-        self._sweep_compliance(compliance, where)
-        if s.system is not None:
-            s.system = replace(s.system, var2=(start, step, points, compliance))
+        self._sweep_source(s, levels, compliance, where, var2=(start, step, points, compliance))
 
     def _vc(self, s, args, where):
         """VCch,V,compliance: a constant voltage within the limits."""
