@@ -347,10 +347,8 @@ class InstrumentCrossbar(Crossbar):
                        stop_above: float | None = None, stop_below: float | None = None) -> list[list[float]]:
         """On the fast path, one sequence (journaled as one `sequence` operation)."""
         scheme = Scheme(scheme)
-        if then_reads and (stop_above is not None or stop_below is not None):
-            raise ValueError("a sequence that can end early takes no reads after its last pulse")
         stop = None
-        if voltages and (stop_above is not None or stop_below is not None):
+        if self._stopping(stop_above, stop_below, then_reads) and voltages:
             # the sense channel sinks the device current: compared in magnitude
             rising = stop_above is not None
             stop = Stop((stop_above if rising else stop_below) * self.read_voltage, rising)

@@ -284,11 +284,7 @@ class Crossbar(ABC):
         (below) it: the pulses after it are not sent, and fewer groups come back. A backend that
         can run them as one sequence (a WGFMU or PMU) does; the default goes one by one, and
         stops at the first failure (the pulses after it are not sent)."""
-        stopping = stop_above is not None or stop_below is not None
-        if stopping and not self.stops_early:
-            raise ValueError(f"{type(self).__name__}: this crossbar's sequences cannot end early")
-        if stopping and then_reads:
-            raise ValueError("a sequence that can end early takes no reads after its last pulse")
+        self._stopping(stop_above, stop_below, then_reads)
         out = []
         for v in voltages or [None]:
             if v is not None:
@@ -299,6 +295,15 @@ class Crossbar(ABC):
         if then_reads:
             out.append([self.read(row, col).conductance for _ in range(then_reads)])
         return out
+
+    def _stopping(self, stop_above: float | None, stop_below: float | None, then_reads: int) -> bool:
+        """Whether a sequence asked for may end early; refuses what this crossbar cannot do."""
+        stopping = stop_above is not None or stop_below is not None
+        if stopping and then_reads:
+            raise ValueError("a sequence that can end early takes no reads after its last pulse")
+        if stopping and not self.stops_early:
+            raise ValueError(f"{type(self).__name__}: this crossbar's sequences cannot end early")
+        return stopping
 
     def read_all(self) -> np.ndarray:
         """Conductance map (S), read row by row."""

@@ -215,43 +215,36 @@ def _tune_planned(xbar: Crossbar, res: TuneResult, p: TuneParams, batch: int) ->
     failures = 0
     g = None
     while True:
+        voltages = None
         if g is None:
             g, failures = _read(xbar, res, p, failures)
-            known = 1   # reads averaged in g
             if g is None:
                 continue
-            if abs(g - target) <= band:   # perhaps already tuned: the accepting reads alone
-                groups, failures = _run(xbar, res, p, failures, [], reads=tail)
-                if groups is None:
-                    g = None
-                    continue
-                reads = groups[0]
-                for r in reads:
-                    res.seen(r)
-                if all(abs(r - target) <= band for r in reads):
-                    return res.accept(reads)
-                g, known = sum(reads) / len(reads), len(reads)
-
-        polarity = +1 if g < target else -1
-        stop = p.set_stop if polarity > 0 else p.reset_stop
-        start = p.set_start if polarity > 0 else p.reset_start
-        left = p.max_pulses - res.pulses
-        if left <= 0:
-            return _give_up(res, p, f"pulse cap {p.max_pulses} reached at G = {g * 1e6:.1f} uS")
-        rate = rates.get(polarity)
-        if rate is None or rate.ramping:
-            first = start if rate is None else round(rate.v + polarity * p.step, 9)
-            n = _ramp_length(rate, first, p.aim * abs(target - g), p.min_step * target, min(batch, left), p)
-            voltages = _ramp(first, polarity, stop, p, n)
-        else:
-            v, n = _planned(rate, p.aim * abs(target - g), target, start, stop, min(batch, left), p)
-            voltages = [v] * n
-        if not voltages or rate is not None and rate.bound and abs(rate.v) >= abs(stop) - 1e-12:
-            return _give_up(res, p, f"{'SET' if polarity > 0 else 'RESET'} amplitude would exceed "
-                                    f"{stop:+.2f} V at G = {g * 1e6:.1f} uS")
-        res.pulses += len(voltages)  # counted before sending: a pulse with an unknown outcome may have happened
+            known = 1   # reads averaged in g
+            if abs(g - target) <= band:
+                voltages = []   # perhaps already tuned: the accepting reads alone
+        if voltages is None:
+            polarity = +1 if g < target else -1
+            stop = p.set_stop if polarity > 0 else p.reset_stop
+            start = p.set_start if polarity > 0 else p.reset_start
+            left = p.max_pulses - res.pulses
+            if left <= 0:
+                return _give_up(res, p, f"pulse cap {p.max_pulses} reached at G = {g * 1e6:.1f} uS")
+            rate = rates.get(polarity)
+            if rate is None or rate.ramping:
+                first = start if rate is None else round(rate.v + polarity * p.step, 9)
+                n = _ramp_length(rate, first, p.aim * abs(target - g), p.min_step * target, min(batch, left), p)
+                voltages = _ramp(first, polarity, stop, p, n)
+            else:
+                v, n = _planned(rate, p.aim * abs(target - g), target, start, stop, min(batch, left), p)
+                voltages = [v] * n
+            if not voltages or rate is not None and rate.bound and abs(rate.v) >= abs(stop) - 1e-12:
+                return _give_up(res, p, f"{'SET' if polarity > 0 else 'RESET'} amplitude would exceed "
+                                        f"{stop:+.2f} V at G = {g * 1e6:.1f} uS")
+            res.pulses += len(voltages)  # counted before sending: a pulse with an unknown outcome may have happened
         before, before_reads = g, known
-        groups, failures = _run(xbar, res, p, failures, voltages, then_reads=tail)
+        groups, failures = _run(xbar, res, p, failures, voltages,
+                                **({"then_reads": tail} if voltages else {"reads": tail}))
         if groups is None:
             g = None
             continue
@@ -262,8 +255,9 @@ def _tune_planned(xbar: Crossbar, res: TuneResult, p: TuneParams, batch: int) ->
         if all(abs(r - target) <= band for r in reads):
             return res.accept(reads)
         g, known = sum(reads) / len(reads), len(reads)
-        noise = statistics.stdev(reads) * math.sqrt(1 / before_reads + 1 / known) if known > 1 else 0.0
-        rates[polarity] = _measured(rate, voltages, polarity * (g - before), noise, p.rate_slope)
+        if voltages:
+            noise = statistics.stdev(reads) * math.sqrt(1 / before_reads + 1 / known) if known > 1 else 0.0
+            rates[polarity] = _measured(rate, voltages, polarity * (g - before), noise, p.rate_slope)
 
 
 def _ramp_length(rate: _Rate | None, first: float, wanted: float, assumed: float, most: int,

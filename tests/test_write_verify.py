@@ -29,6 +29,7 @@ class ToyCrossbar(Crossbar):
         self.max_batch, self.stops_early = max_batch, stops_early
         self.applied: list[float] = []
         self.sequences = 0
+        self.pulse_sequences = 0   # those that carried pulses
         self._reads_since = 0
 
     def _rng(self, *key) -> random.Random:
@@ -49,9 +50,10 @@ class ToyCrossbar(Crossbar):
         self._reads_since = 0
         return Pulse(row, col, voltage, width, str(scheme), float("nan"), False)
 
-    def pulse_and_read(self, *args, **kwargs):
+    def pulse_and_read(self, row, col, voltages, *args, **kwargs):
         self.sequences += 1
-        return super().pulse_and_read(*args, **kwargs)
+        self.pulse_sequences += bool(voltages)
+        return super().pulse_and_read(row, col, voltages, *args, **kwargs)
 
     def safe_state(self):
         pass
@@ -79,9 +81,9 @@ def test_a_sequence_that_ends_early_takes_the_decisions_of_one_pulse_at_a_time(d
     a, b = tune(one, 0, 0, target, PARAMS), tune(batched, 0, 0, target, PARAMS)
     assert batched.applied == one.applied
     assert (b.tuned, b.pulses, b.reason, b.conductance) == (a.tuned, a.pulses, a.reason, a.conductance)
-    if a.pulses > 8 and dev["read_noise"] <= 0.002:   # the point of it: many pulses per round trip
-        # (with read noise near the tolerance, accepting reads break and cost sequences of reads)
-        assert batched.sequences < a.pulses / 2
+    if a.pulses > 8:   # the point of it: many pulses per round trip (the accepting reads' sequences,
+        # which read noise near the tolerance makes many, carry none)
+        assert batched.pulse_sequences < a.pulses / 2
 
 
 @settings(max_examples=40, deadline=None)
