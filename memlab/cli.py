@@ -148,21 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only runs with this status")
     runs_sub = runs.add_subparsers(metavar="RUNSCOMMAND")
     export = runs_sub.add_parser("export", help="a run's operations as CSV, or the whole run as HDF5")
-    export.add_argument("run", help="run id")
+    _one_run(export)
     export.add_argument("--format", choices=["csv", "hdf5"], default="hdf5")
     export.add_argument("--out", type=Path, help="file to write (default: in the run's folder)")
-    export.add_argument("--store", type=Path, default=None, dest="show_store")
     export.set_defaults(func=cmd_runs_export)
     replot = runs_sub.add_parser("plot", help="draw a run's plots again from its stored arrays")
-    replot.add_argument("run", help="run id")
-    replot.add_argument("--store", type=Path, default=None, dest="show_store")
+    _one_run(replot)
     replot.set_defaults(func=cmd_runs_plot)
     show = runs_sub.add_parser("show", help="a run's parameters, bench, software, summary and operation counts")
-    show.add_argument("run", help="run id")
-    show.add_argument("--store", type=Path, default=None, dest="show_store")
+    _one_run(show)
     show.set_defaults(func=cmd_runs_show)
     runs.set_defaults(func=cmd_runs)
     return p
+
+
+def _one_run(p: argparse.ArgumentParser) -> None:
+    """RUN, and --store here as well as before the subcommand (SUPPRESS: not unset by it)."""
+    p.add_argument("run", help="run id")
+    p.add_argument("--store", type=Path, default=argparse.SUPPRESS, help="run store folder")
 
 
 def _store_and_json(p: argparse.ArgumentParser) -> None:
@@ -340,10 +343,10 @@ def cmd_tune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from protocols.registry import load_protocol, shipped
+    from protocols.registry import shipped
 
     from .preflight import PlanError, check_protocol
-    from .protocol_run import run_protocol
+    from .protocol_run import load_protocol, run_protocol
 
     if args.list:
         for name, line in shipped().items():
@@ -500,7 +503,7 @@ def cmd_runs(args) -> int:
 
 
 def _stored_run(args, command: str):
-    store = RunStore(args.show_store or args.store or default_store())
+    store = RunStore(args.store or default_store())
     try:
         run = store.get_run(args.run)
         return run, run.info()
@@ -509,13 +512,13 @@ def _stored_run(args, command: str):
 
 
 def cmd_runs_export(args) -> int:
-    from .export import export_csv, export_hdf5
+    from .export import export_hdf5
 
     run, _ = _stored_run(args, "export")
     out = args.out or run.path / f"{run.id}.{'h5' if args.format == 'hdf5' else 'csv'}"
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist")
-    print((export_hdf5 if args.format == "hdf5" else export_csv)(run, out))
+    print(export_hdf5(run, out) if args.format == "hdf5" else run.export_csv(out))
     return 0
 
 

@@ -240,6 +240,15 @@ def load_model(path: str | Path, model: type[M], shape: str, *, error: type[Valu
     """A YAML file validated as `model`; any problem is one line naming the file and the
     field. `shape`: what the file should be, said when it is not a mapping."""
     path = Path(path)
+    data = load_mapping(path, shape, error=error)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(f"{path}: " + describe(exc)) from exc
+
+
+def load_mapping(path: Path, shape: str, *, error: type[ValueError] = ValueError) -> dict:
+    """A YAML file's top-level mapping; anything else is one line naming the file."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -252,10 +261,7 @@ def load_model(path: str | Path, model: type[M], shape: str, *, error: type[Valu
         raise error(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise error(f"{path}: {shape}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise error(f"{path}: " + describe(exc)) from exc
+    return data
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -1,5 +1,5 @@
-"""A run out of the store: its operations as CSV, or the whole run as HDF5 (h5py): one group
-per run, the operations as a table, each array as a dataset, parameters and provenance as
+"""A whole run out of the store as HDF5 (h5py; its operations alone as CSV: Run.export_csv):
+one group per run, the operations as a table, each array as a dataset, parameters and provenance as
 attributes (JSON text)."""
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import numpy as np
 from .store import OPERATION_COLUMNS, Run
 
 NUMERIC = ("t_wall", "row", "col", "voltage", "width", "current", "conductance", "bench_time")
-
-
-def export_csv(run: Run, path: Path) -> Path:
-    return run.export_csv(path)
 
 
 def export_hdf5(run: Run, path: Path) -> Path:

@@ -10,11 +10,10 @@ import numpy as np
 
 from protocols.tuning import TuneArrayParams, load_targets, reporting, summarize, tune_array  # noqa: F401
 
-from .bench import open_crossbar
-from .benchlock import note_run
 from .config import BenchConfig
 from .preflight import check_tuning
 from .progress import StepProgress
+from .protocol_run import recorded_run
 from .store import RunStore
 
 
@@ -29,34 +28,27 @@ def run_tuning(config: BenchConfig, targets: np.ndarray, params: TuneArrayParams
 
     check_tuning(config, targets, params.tune, source=source, unit=unit)
     started = time.monotonic()
-    with open_crossbar(config) as xbar:
-        run = store.start_run(kind, params={"tuning": params.model_dump(mode="json"),
-                                            "targets_shape": list(targets.shape)},
-                              bench={**config.model_dump(mode="json"),
-                                     "identities": {i.name: i.identity for i in xbar.instruments}})
-        with run:
-            note_run(config, run.id)
-            run.save_array("targets", targets)
-            run.record("connect", **{i.name: i.identity for i in xbar.instruments})
-            xbar.journal = run.journal(bench_clock)
-            trips, relays, clock0 = xbar.round_trips, xbar.relay_ops, bench_clock() if bench_clock else None
-            if progress:
-                with StepProgress(kind, int(np.isfinite(targets).sum())) as step:
-                    result = tune_array(xbar, targets, params, progress=reporting(step))
-            else:
-                result = tune_array(xbar, targets, params)
-            n = max(1, int(np.isfinite(targets).sum()))
-            run.save_array("final", result.final)
-            run.save_array("pulses", result.pulses)
-            summary = summarize(result, params.tolerance)
-            summary.update(run_id=run.id, run_path=str(run.path), database=str(store.db_path),
-                           wall_time_s=round(time.monotonic() - started, 2))
-            summary["per_device"] = {"round_trips": round((xbar.round_trips - trips) / n, 2),
-                                     "relay_ops": round((xbar.relay_ops - relays) / n, 2)}
-            if bench_clock is not None:
-                summary["bench_time_s"] = round(bench_clock(), 3)
-                summary["per_device"]["bench_s"] = round((bench_clock() - clock0) / n, 5)
-            plot_tuning(result, params.tolerance, run.path / "tuning.png")
-            summary["plot"] = str(run.path / "tuning.png")
-            run.set_summary(summary)
+    params_json = {"tuning": params.model_dump(mode="json"), "targets_shape": list(targets.shape)}
+    with recorded_run(config, store, kind, params_json, bench_clock) as (xbar, run):
+        run.save_array("targets", targets)
+        trips, relays, clock0 = xbar.round_trips, xbar.relay_ops, bench_clock() if bench_clock else None
+        if progress:
+            with StepProgress(kind, int(np.isfinite(targets).sum())) as step:
+                result = tune_array(xbar, targets, params, progress=reporting(step))
+        else:
+            result = tune_array(xbar, targets, params)
+        n = max(1, int(np.isfinite(targets).sum()))
+        run.save_array("final", result.final)
+        run.save_array("pulses", result.pulses)
+        summary = summarize(result, params.tolerance)
+        summary.update(run_id=run.id, run_path=str(run.path), database=str(store.db_path),
+                       wall_time_s=round(time.monotonic() - started, 2))
+        summary["per_device"] = {"round_trips": round((xbar.round_trips - trips) / n, 2),
+                                 "relay_ops": round((xbar.relay_ops - relays) / n, 2)}
+        if bench_clock is not None:
+            summary["bench_time_s"] = round(bench_clock(), 3)
+            summary["per_device"]["bench_s"] = round((bench_clock() - clock0) / n, 5)
+        plot_tuning(result, params.tolerance, run.path / "tuning.png")
+        summary["plot"] = str(run.path / "tuning.png")
+        run.set_summary(summary)
     return summary

@@ -171,7 +171,7 @@ class TuneProtocol(Protocol):
             update={"file": str(Path(folder) / self.targets.file)})})
 
     def array_params(self, config) -> TuneArrayParams:
-        tune = config.tune_params(**self.tune.model_dump(exclude_unset=True)) if config.tuning else self.tune
+        tune = config.tune_params(**self.tune.model_dump(exclude_unset=True))
         if "tolerance" not in self.tune.model_fields_set:
             tune = tune.model_copy(update={"tolerance": 0.6 * self.tolerance})
         return TuneArrayParams(tolerance=self.tolerance, tune=tune, touch_up_passes=self.touch_up_passes,
@@ -190,7 +190,8 @@ class TuneProtocol(Protocol):
         return targets, params.tune, source, unit
 
     def steps(self, config) -> int:
-        return int(np.isfinite(self.targets.resolve(config.rows, config.cols)[0]).sum())
+        targets = self._plan[1] if self._plan else self.targets.resolve(config.rows, config.cols)[0]
+        return int(np.isfinite(targets).sum())
 
     def run(self, xbar: Crossbar, step) -> Outcome:
         params, targets = self._plan

@@ -163,7 +163,7 @@ def test_a_bad_protocol_file_is_refused_in_one_line_naming_it_and_leaves_no_run(
 
 
 def test_the_examples_folder_holds_only_valid_protocols():
-    from protocols.registry import load_protocol
+    from memlab.protocol_run import load_protocol
 
     for path in EXAMPLES.glob("*.yaml"):
         assert load_protocol(str(path)).protocol in PROTOCOLS
